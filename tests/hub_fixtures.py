@@ -2,7 +2,6 @@
 per test, and weights made by the tests. Import the fixtures into a test module with
 ``from hub_fixtures import *``.
 """
-import os
 import socket
 from typing import Dict, NamedTuple
 

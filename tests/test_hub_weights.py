@@ -5,14 +5,16 @@ compared tensor by tensor with what was served, and its outputs with a model giv
 plain ``load_state_dict``.
 """
 import hashlib
-import os
 import pickle
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants as hf_constants
+from safetensors.torch import save as safetensors_bytes
 
 import timm
 import timm_sknet.hub_weights as hub_weights
@@ -103,7 +105,7 @@ def test_offline_with_cache_loads_without_any_request(local_hub, monkeypatch, sk
 
 def test_offline_without_cache_fails_fast_and_says_what_to_do(local_hub, monkeypatch, sknet18_small):
     _serve(local_hub, sknet18_small)
-    monkeypatch.setattr(hub_weights_constants(), 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
         _load()
@@ -128,11 +130,10 @@ def test_unreachable_hub_with_cache_loads_from_cache(local_hub, monkeypatch, skn
     _serve(local_hub, sknet18_small)
     _load()
     local_hub.stop()
-    with socket_closed_port() as endpoint:
-        point_hub_client_at(monkeypatch, endpoint)
-        start = time.perf_counter()
-        _assert_weights(_load(), sknet18_small)
-        assert time.perf_counter() - start < 5
+    point_hub_client_at(monkeypatch, _closed_port_endpoint())
+    start = time.perf_counter()
+    _assert_weights(_load(), sknet18_small)
+    assert time.perf_counter() - start < 5
 
 
 FAULT_MESSAGES = {
@@ -226,10 +227,8 @@ def test_not_found_errors_name_what_is_missing(case, what, local_hub, sknet18_sm
 
 def test_pinned_revision_loads_that_commit(local_hub, sknet18_small):
     old = _serve(local_hub, sknet18_small)
-    newer = torch.nn.Module()
     newer_sd = {k: v + 1 if v.is_floating_point() else v for k, v in sknet18_small.state_dict.items()}
-    from safetensors.torch import save
-    local_hub.add_commit(SKNET18_REPO, {'model.safetensors': save(newer_sd)})  # main moves on
+    local_hub.add_commit(SKNET18_REPO, {'model.safetensors': safetensors_bytes(newer_sd)})  # main moves on
     model = _load(pretrained_cfg_overlay=dict(hf_hub_id=f'{SKNET18_REPO}@{old}'))
     _assert_weights(model, sknet18_small)
     assert (f'/{SKNET18_REPO}/resolve/{old}/model.safetensors') in {p for _, p in local_hub.requests}
@@ -304,20 +303,8 @@ def test_only_safetensors_is_fetched(local_hub):
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
-def hub_weights_constants():
-    from huggingface_hub import constants
-    return constants
-
-
-class socket_closed_port:
-    """An endpoint where nothing listens."""
-
-    def __enter__(self):
-        import socket
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            port = s.getsockname()[1]
-        return f'http://127.0.0.1:{port}'
-
-    def __exit__(self, *exc):
-        return False
+def _closed_port_endpoint() -> str:
+    """An endpoint on loopback where nothing listens."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return f'http://127.0.0.1:{s.getsockname()[1]}'
