@@ -22,6 +22,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
 from .errors import WeightsError
+from .hub_weights import pretrained_kwargs
 from .sk_blocks import SKBasicBlock, SKBlock
 
 __all__ = ['SKNet']
@@ -94,6 +95,8 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
                 f'{"." + cfg.tag if cfg.tag else ""}: none have been published for it anywhere. '
                 f'Pretrained tags that exist: {", ".join(available) or "none"}. Use pretrained=False to '
                 f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
+        # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see hub_weights.py).
+        kwargs = pretrained_kwargs(variant, cfg, kwargs)
     return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
 
 
