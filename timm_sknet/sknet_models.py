@@ -22,6 +22,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
 from .errors import WeightsError
+from .feature_extractors import feature_kwargs
 from .sk_blocks import SKBasicBlock, SKBlock
 
 __all__ = ['SKNet']
@@ -94,6 +95,8 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
                 f'{"." + cfg.tag if cfg.tag else ""}: none have been published for it anywhere. '
                 f'Pretrained tags that exist: {", ".join(available) or "none"}. Use pretrained=False to '
                 f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
+    # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
+    kwargs = feature_kwargs(kwargs)
     return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
 
 
