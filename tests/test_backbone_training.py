@@ -65,6 +65,8 @@ def test_batch_size_1_in_train_mode_says_what_to_do(feature_cls):
     model.train()(torch.randn(2, *X32))
 
 
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script.* is deprecated:FutureWarning')
+@pytest.mark.filterwarnings('ignore:The TorchScript type system:UserWarning')  # torch's, scripting a GraphModule
 def test_scripting_and_fx_tracing_keep_working():
     model = timm.create_model('sknet18').eval()
     x = torch.randn(2, *X32)
@@ -73,6 +75,7 @@ def test_scripting_and_fx_tracing_keep_working():
         torch.testing.assert_close(torch.jit.script(model)(x), expected)
         traced = torch.fx.symbolic_trace(model)
         torch.testing.assert_close(traced(x), expected)
+        torch.testing.assert_close(torch.jit.script(traced)(x), expected)  # the check node scripts too
     # the check is one graph node, evaluated when the graph runs
     assert any(n.op == 'call_function' and n.target.__name__ == '_check_batch_statistics'
                for n in traced.graph.nodes)
@@ -116,3 +119,12 @@ def test_grad_checkpointing_refused_clearly_for_fx_features():
     model.set_grad_checkpointing(False)  # disabling is always fine
     with pytest.raises(NotImplementedError, match="feature_cls='list'"):
         model.set_grad_checkpointing()
+
+
+def test_feature_cls_inside_feature_cfg_is_honoured():
+    model = timm.create_model('sknet18', features_only=True, feature_cfg=dict(feature_cls='fx'))
+    with pytest.raises(NotImplementedError):
+        model.set_grad_checkpointing()
+    getter = timm.create_model('sknet18', features_only=True, feature_cfg=dict(feature_cls='getter'))
+    getter.set_grad_checkpointing()
+    assert getter.model.grad_checkpointing

@@ -121,10 +121,12 @@ def test_freezing_batchnorm_of_a_random_init_warns():
 
 
 def test_trainable_layers_freezes_the_first_levels():
-    backbone = sknet_fpn_backbone('sknet18', out_channels=32, trainable_layers=2)
-    trainable = {n.split('.')[0] for n, p in backbone.body.named_parameters() if p.requires_grad}
-    frozen = {n.split('.')[0] for n, p in backbone.body.named_parameters() if not p.requires_grad}
-    assert trainable == {'layer3', 'layer4'} and frozen == {'conv1', 'bn1', 'layer1', 'layer2'}
+    for feature_cls in ('getter', 'list'):  # the body's parameter names differ ('model.' prefix)
+        backbone = sknet_fpn_backbone('sknet18', out_channels=32, trainable_layers=2, feature_cls=feature_cls)
+        names = {n.removeprefix('model.'): p.requires_grad for n, p in backbone.body.named_parameters()}
+        trainable = {n.split('.')[0] for n, trains in names.items() if trains}
+        frozen = {n.split('.')[0] for n, trains in names.items() if not trains}
+        assert trainable == {'layer3', 'layer4'} and frozen == {'conv1', 'bn1', 'layer1', 'layer2'}
     with pytest.raises(ValueError, match='trainable_layers'):
         sknet_fpn_backbone('sknet18', trainable_layers=6)
 

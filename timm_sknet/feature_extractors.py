@@ -53,11 +53,17 @@ def resolve_feature_cls(feature_cls: Union[str, Type[nn.Module]]) -> Union[str, 
 
 
 def feature_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """``create_model`` kwargs with features_only settings under which grad checkpointing works."""
+    """``create_model`` kwargs with features_only settings under which grad checkpointing works.
+
+    ``feature_cls`` may come as a kwarg or inside ``feature_cfg`` (timm accepts both); either is resolved.
+    """
     if not kwargs.get('features_only'):
         return kwargs
     kwargs = dict(kwargs)
-    kwargs['feature_cls'] = resolve_feature_cls(kwargs.get('feature_cls', 'list'))
     # 'hook' over the top-level modules rather than one opaque body; a user's feature_cfg still wins
-    kwargs['feature_cfg'] = {'no_rewrite': False, **(kwargs.get('feature_cfg') or {})}
+    feature_cfg = {'no_rewrite': False, **(kwargs.get('feature_cfg') or {})}
+    for holder in (kwargs, feature_cfg):
+        if 'feature_cls' in holder:
+            holder['feature_cls'] = resolve_feature_cls(holder['feature_cls'])
+    kwargs['feature_cfg'] = feature_cfg
     return kwargs

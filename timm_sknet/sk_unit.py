@@ -63,10 +63,10 @@ def _check_batch_statistics(pooled: torch.Tensor, uses_batch_stats: bool) -> tor
     """
     if uses_batch_stats and pooled.shape[0] == 1:
         raise ValueError(
-            f'SelectiveKernelAttn got batch size 1 in training mode: its BatchNorm normalises a pooled '
-            f'{tuple(pooled.shape)} descriptor across the batch and needs at least 2 samples. Use model.eval() '
-            f'for inference, freeze BatchNorm for small-batch training with '
-            f'timm.layers.freeze_batch_norm_2d(model), or train with batch size >= 2.')
+            'SelectiveKernelAttn got batch size 1 in training mode: its BatchNorm normalises one pooled value '
+            'per channel and sample across the batch, which needs at least 2 samples. Use model.eval() for '
+            'inference, freeze BatchNorm for small-batch training with timm.layers.freeze_batch_norm_2d(model), '
+            'or train with batch size >= 2.')
     return pooled
 
 
