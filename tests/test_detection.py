@@ -129,6 +129,8 @@ def test_trainable_layers_freezes_the_first_levels():
         assert trainable == {'layer3', 'layer4'} and frozen == {'conv1', 'bn1', 'layer1', 'layer2'}
     with pytest.raises(ValueError, match='trainable_layers'):
         sknet_fpn_backbone('sknet18', trainable_layers=6)
+    with pytest.raises(ValueError, match='has no conv1'):  # not a ResNet: nothing would be frozen silently
+        sknet_fpn_backbone('mobilenetv3_small_050', out_channels=32, trainable_layers=4)
 
 
 def test_body_must_be_a_feature_extractor():

@@ -15,7 +15,6 @@ and gradient checkpointing::
 torchvision is needed only here (``pip install timm-sknet[detection]``); ``import timm_sknet`` never
 imports this module.
 """
-import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -28,8 +27,8 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 __all__ = ['FeaturePyramidBackbone', 'sknet_fpn_backbone']
 
-# the body's parameters per pyramid level, stem first (as torchvision's trainable_layers counts them)
-_LEVEL_PATTERNS = (r'(conv1|bn1)\.', r'layer1\.', r'layer2\.', r'layer3\.', r'layer4\.')
+# the body's top-level modules per pyramid level, stem first (as torchvision's trainable_layers counts them)
+_LEVEL_MODULES = (('conv1', 'bn1'), ('layer1',), ('layer2',), ('layer3',), ('layer4',))
 
 
 class FeaturePyramidBackbone(nn.Module):
@@ -123,10 +122,17 @@ def sknet_fpn_backbone(
         model_name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices), **model_kwargs)
     if freeze_bn:
         body = freeze_batch_norm_2d(body)
-    frozen = _LEVEL_PATTERNS[:5 - trainable_layers]
+    frozen = {m for level in _LEVEL_MODULES[:5 - trainable_layers] for m in level}
     if frozen:
-        pattern = re.compile(r'^(?:model\.|body\.)?(?:' + '|'.join(frozen) + ')')
+        def top_module(name: str) -> str:  # 'model.layer1.0.conv1.weight' (getter) -> 'layer1'
+            return name.removeprefix('model.').split('.')[0]
+        missing = frozen - {top_module(n) for n, _ in body.named_parameters()}
+        if missing:
+            raise ValueError(
+                f'trainable_layers={trainable_layers} freezes ResNet-style modules (conv1, bn1, layer1-4); '
+                f'{model_name} has no {", ".join(sorted(missing))}. Use trainable_layers=5 and set requires_grad '
+                f'yourself')
         for name, param in body.named_parameters():
-            if pattern.match(name):
+            if top_module(name) in frozen:
                 param.requires_grad_(False)
     return FeaturePyramidBackbone(body, out_channels=out_channels, extra_blocks=extra_blocks)
