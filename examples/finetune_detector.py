@@ -142,14 +142,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--model', default='sknet18', help='timm model name for the backbone')
     p.add_argument('--pretrained', action='store_true', help="the model's pretrained weights (from the Hub)")
     p.add_argument('--weights', help='local weights file (.safetensors) for the backbone; implies pretrained')
-    p.add_argument('--images', type=int, default=96, help='training images to draw')
-    p.add_argument('--val-images', type=int, default=24, help='held-out images to draw')
+    p.add_argument('--images', type=int, default=64, help='training images to draw')
+    p.add_argument('--val-images', type=int, default=16, help='held-out images to draw')
     p.add_argument('--image-size', type=int, default=128)
     p.add_argument('--epochs', type=int, default=8)
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--lr', type=float, default=0.02)
     p.add_argument('--fpn-channels', type=int, default=64)
     p.add_argument('--grad-checkpointing', action='store_true', help='recompute backbone stages in backward')
+    p.add_argument('--score-threshold', type=float, default=0.7, help='detections counted in the evaluation')
     p.add_argument('--seed', type=int, default=0)
     return p.parse_args(argv)
 
@@ -163,8 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     print(f'{args.detector} on {args.model}: {len(train_data)} training and {len(val_data)} held-out images '
           f'of {args.image_size}px, {args.epochs} epochs', flush=True)
     loss = train(detector, train_data, args)
-    metrics = evaluate(detector, val_data)
-    print(f"held-out: precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}  (IoU >= 0.5)")
+    metrics = evaluate(detector, val_data, args.score_threshold)
+    print(f"held-out: precision {metrics['precision']:.2f}  recall {metrics['recall']:.2f}  "
+          f"(IoU >= 0.5, score >= {args.score_threshold})")
     return dict(loss=loss, **metrics)
 
 
