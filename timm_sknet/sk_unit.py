@@ -52,6 +52,24 @@ def select_paths(paths: List[torch.Tensor], weights: torch.Tensor) -> torch.Tens
     return out
 
 
+@torch.fx.wrap
+def _check_batch_statistics(pooled: torch.Tensor, uses_batch_stats: bool) -> torch.Tensor:
+    """Pass ``pooled`` through, or explain why a BatchNorm on it cannot work (batch size 1 in training).
+
+    The fuse MLP normalises a (B, d, 1, 1) descriptor: with B = 1 BatchNorm has a single value per channel
+    and torch fails with a bare "Expected more than 1 value per channel". Detection trains at batch 1, so
+    the error says what to do. ``torch.fx.wrap`` keeps this a single graph node when traced (FX feature
+    extraction); returning the input keeps it on the data path, so dead-code elimination cannot drop it.
+    """
+    if uses_batch_stats and pooled.shape[0] == 1:
+        raise ValueError(
+            'SelectiveKernelAttn got batch size 1 in training mode: its BatchNorm normalises one pooled value '
+            'per channel and sample across the batch, which needs at least 2 samples. Use model.eval() for '
+            'inference, freeze BatchNorm for small-batch training with timm.layers.freeze_batch_norm_2d(model), '
+            'or train with batch size >= 2.')
+    return pooled
+
+
 class SelectiveKernelAttn(nn.Module):
     """Fuse and select-weight steps of the SK unit: paths -> softmax weights of shape (B, M, C, 1, 1).
 
@@ -82,6 +100,10 @@ class SelectiveKernelAttn(nn.Module):
         s = paths[0].mean((2, 3), keepdim=True)
         for i in range(1, len(paths)):
             s = s + paths[i].mean((2, 3), keepdim=True)
+        if not torch.jit.is_scripting():  # a training BatchNorm cannot normalise a batch of 1: say so
+            bn = self.bn
+            s = _check_batch_statistics(s, isinstance(bn, nn.modules.batchnorm._BatchNorm) and (
+                bn.training or bn.running_mean is None))
         z = self.act(self.bn(self.fc_reduce(s)))
         logits = self.fc_select(z)
         return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)

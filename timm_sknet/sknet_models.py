@@ -22,6 +22,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
 from .errors import WeightsError
+from .feature_extractors import feature_kwargs
 from .hub_weights import pretrained_kwargs
 from .sk_blocks import SKBasicBlock, SKBlock
 
@@ -97,6 +98,8 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
                 f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
         # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see hub_weights.py).
         kwargs = pretrained_kwargs(variant, cfg, kwargs)
+    # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
+    kwargs = feature_kwargs(kwargs)
     return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
 
 
