@@ -36,6 +36,11 @@ class _SKResidual(nn.Module):
         x += shortcut
         return self.act(x)
 
+    def reparameterize(self) -> None:
+        """Fold every BatchNorm of the block into its conv, in place (``timm.utils.reparameterize_model``)."""
+        from .fusion import reparameterize_block
+        reparameterize_block(self)
+
 
 class SKBasicBlock(_SKResidual):
     """ResNet basic block (expansion 1) whose first 3x3 conv is an SK unit (SK-ResNet-18/34)."""

@@ -86,6 +86,11 @@ class SelectiveKernelAttn(nn.Module):
         logits = self.fc_select(z)
         return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
 
+    def fuse(self) -> nn.Module:
+        """Inference form with ``bn`` folded into ``fc_reduce`` (called by ``timm.utils.reparameterize_model``)."""
+        from .fusion import FusedSelectiveKernelAttn
+        return FusedSelectiveKernelAttn(self)
+
 
 def _as_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
     if isinstance(value, int):
@@ -185,6 +190,11 @@ class SelectiveKernel(nn.Module):
         else:
             paths = [path(x) for path in self.paths]
         return select_paths(paths, self.attn(paths))
+
+    def reparameterize(self) -> None:
+        """Fold the BatchNorms of the paths and the attention, in place (``timm.utils.reparameterize_model``)."""
+        from .fusion import reparameterize_sk_unit
+        reparameterize_sk_unit(self)
 
 
 def _check_arguments(

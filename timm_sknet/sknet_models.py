@@ -22,6 +22,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
 from .errors import WeightsError
+from .fusion import StemReparam
 from .sk_blocks import SKBasicBlock, SKBlock
 
 __all__ = ['SKNet']
@@ -76,6 +77,8 @@ class SKNet(ResNet):
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
+        # timm.utils.reparameterize_model only visits children; this one folds the root's conv1 + bn1
+        self.stem_reparam = StemReparam(self)
 
 
 def _weight_source(cfg) -> Optional[str]:
