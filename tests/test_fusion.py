@@ -169,3 +169,32 @@ def test_fused_conv_act_is_what_paths_become():
     fused = reparameterize_model(make('sknet18'))
     units = [m for m in fused.modules() if isinstance(m, SelectiveKernel)]
     assert units and all(isinstance(p, FusedConvAct) for u in units for p in u.paths)
+
+
+@pytest.mark.parametrize('num_paths', [2, 3])
+def test_select_paths_inplace_equals_out_of_place(num_paths):
+    paths = [torch.randn(2, 8, 5, 5) for _ in range(num_paths)]
+    weights = torch.randn(2, num_paths, 8, 1, 1).softmax(1)
+    ref = select_paths(paths, weights)
+    out = select_paths([p.clone() for p in paths], weights, inplace=True)
+    assert (out - ref).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize('name', ['sknet18', 'sknet50-M3-os16'])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fused_fast_and_autograd_paths_agree(name, channels_last):
+    """Eager inference takes oneDNN's fused kernels and in-place select; with autograd on, the fused
+    model runs plain modules. Both must equal the unfused model, in either memory layout."""
+    model = make(name)
+    fused = reparameterize_model(model)
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        model, fused = (m.to(memory_format=torch.channels_last) for m in (model, fused))
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+    with torch.inference_mode():
+        fast = fused(x)
+    slow = fused(x)
+    assert slow.requires_grad
+    assert rel_err(fast, ref) < RTOL and rel_err(slow.detach(), ref) < RTOL

@@ -86,10 +86,34 @@ def _bn_act_parts(bn: nn.Module) -> List[nn.Module]:
             if m is not None and not isinstance(m, nn.Identity)]
 
 
+def _mkldnn_pointwise_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_HAS_MKLDNN_POINTWISE = _mkldnn_pointwise_available()
+
+
+@torch.jit.unused
+def _eager_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where oneDNN's fused conv + post-op kernels may run: eager CPU fp32 inference, nothing
+    recording a graph (TorchScript, tracing/ONNX export, torch.compile) and no gradient needed."""
+    return (_HAS_MKLDNN_POINTWISE and x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.dim() == 4 and torch.backends.mkldnn.enabled
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
 class FusedConvAct(nn.Module):
     """``conv`` (BN folded in, with bias), then optional drop, activation and anti-aliasing.
 
-    The inference form of timm's ``ConvNormAct``; the same output for the same input.
+    The inference form of timm's ``ConvNormAct``; the same output for the same input. In eager CPU
+    inference a ReLU (or no activation) runs inside oneDNN's convolution as a post-op, and
+    :meth:`forward_add_act` adds a residual and applies ReLU there too, saving full passes over the
+    output. Anywhere else (autograd, TorchScript, ONNX export, ``torch.compile``, GPU) it runs the
+    plain modules, which compilers fuse their own way.
     """
 
     def __init__(
@@ -104,6 +128,11 @@ class FusedConvAct(nn.Module):
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
         self.aa = aa if aa is not None else nn.Identity()
+        plain = (type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+                 and type(self.drop) is nn.Identity)
+        # oneDNN post-op for the activation: 'relu', 'none', or '' when it cannot run fused
+        self.post_op = ('relu' if type(self.act) is nn.ReLU else 'none' if type(self.act) is nn.Identity
+                        else '') if plain else ''
 
     @property
     def in_channels(self) -> int:
@@ -114,7 +143,32 @@ class FusedConvAct(nn.Module):
         return self.conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.aa(self.act(self.drop(self.conv(x))))
+        if self.post_op != '' and _eager_inference(x, self.conv.weight):
+            return self.aa(self._onednn(x))
         return self.aa(self.act(self.drop(self.conv(x))))
+
+    @torch.jit.unused
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups, self.post_op,
+            [], '')
+
+    @torch.jit.unused
+    def can_add_act(self, x: torch.Tensor, shortcut: torch.Tensor, act: nn.Module) -> bool:
+        """Whether :meth:`forward_add_act` may run ``act(conv(x) + shortcut)`` as one oneDNN kernel."""
+        return (self.post_op == 'none' and type(self.aa) is nn.Identity and type(act) is nn.ReLU
+                and _eager_inference(x, self.conv.weight) and shortcut.dtype == x.dtype)
+
+    @torch.jit.unused
+    def forward_add_act(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x) + shortcut)`` in one kernel (check :meth:`can_add_act` first)."""
+        c = self.conv
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, shortcut, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
+            'add', None, 'relu', [], '')
 
 
 def fuse_conv_norm_act(module: ConvNormAct) -> FusedConvAct:
@@ -136,11 +190,10 @@ def fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
     """Fold every (conv, BatchNorm) pair of consecutive children of ``seq`` (timm's downsample and deep
     stems); other children are kept. Returns a new ``nn.Sequential`` of the same length, a folded BN
     becoming ``nn.Identity`` so indices stay valid."""
-    children = list(seq)
     out: List[nn.Module] = []
-    for i, m in enumerate(children):
+    for m in seq:
         if is_batchnorm(m) and out and isinstance(out[-1], nn.Conv2d):
-            out[-1] = fold_batchnorm(out[-1], m)
+            out[-1] = FusedConvAct(fold_batchnorm(out[-1], m))
             tail = _bn_act_parts(m)
             out.append(nn.Sequential(*tail) if tail else nn.Identity())
         else:
@@ -209,7 +262,7 @@ class StemReparam(nn.Module):
             return  # already fused
         if isinstance(conv, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
             conv = fuse_sequential(conv)
-            conv[-1] = fold_batchnorm(conv[-1], bn)
+            conv[-1] = FusedConvAct(fold_batchnorm(conv[-1], bn))
             owner.conv1 = conv
         elif isinstance(conv, nn.Conv2d):
             owner.conv1 = FusedConvAct(fold_batchnorm(conv, bn), act=owner.act1)
@@ -230,6 +283,7 @@ def reparameterize_sk_unit(unit: nn.Module) -> None:
             unit.paths[i] = fuse_conv_norm_act(unit.paths[i])
     if type(unit.attn) is SelectiveKernelAttn:
         unit.attn = FusedSelectiveKernelAttn(unit.attn)
+    unit.inplace_select = True  # the fused paths' outputs are fresh tensors nobody else keeps
 
 
 def reparameterize_block(block: nn.Module) -> None:
