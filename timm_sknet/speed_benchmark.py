@@ -61,17 +61,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sgemm_gflops(device: torch.device = torch.device('cpu'), n: int = 2048, runs: int = 5) -> float:
-    """Median fp32 matmul rate (GFLOP/s) of an n x n x n product on ``device``."""
+def _sgemm_runner(device: torch.device, n: int = 2048) -> Callable[[], Any]:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device)
     b = torch.randn(n, n, generator=g).to(device)
-    torch.mm(a, b)
+    return lambda: torch.mm(a, b)
+
+
+def sgemm_gflops(device: torch.device = torch.device('cpu'), n: int = 2048, runs: int = 5) -> float:
+    """Median fp32 matmul rate (GFLOP/s) of an n x n x n product on ``device``."""
+    run = _sgemm_runner(device, n)
+    run()
     times = []
     for _ in range(runs):
         _sync(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        run()
         _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e9
@@ -137,6 +142,7 @@ class CaseResult:
     case: str
     images_per_s: Dict[str, float]
     ratio: float
+    sgemm_gflops: float
     roofline_share: Dict[str, float]
     peak_memory_mb: Dict[str, Optional[float]]
     memory_ratio: Optional[float]
@@ -151,7 +157,7 @@ def run_benchmark(
         our_model: str = 'sknet50',
         image_size: int = 224,
         runs: int = 7,
-        warmup: int = 2,
+        warmup: int = 3,
         device: str = 'cpu',
         threads: Optional[int] = None,
         quick: bool = False,
@@ -171,6 +177,7 @@ def run_benchmark(
         if (timm_model, our_model) == ('skresnext50_32x4d', 'sknet50'):
             timm_model, our_model = 'skresnet18', 'sknet18'
         image_size, runs, warmup = min(image_size, 64), min(runs, 3), 1
+    warmup = min(warmup, 3)
     cases = list(cases or DEFAULT_CASES)
     if threads:
         torch.set_num_threads(threads)
@@ -197,28 +204,31 @@ def run_benchmark(
         if case.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         runners = {k: _runner(m, case, x) for k, m in models.items()}
+        # the sgemm reference is timed in the same rotation, so the roofline sees the same noise
+        runners_and_gemm = {**runners, 'sgemm': _sgemm_runner(dev)}
         for _ in range(warmup):
-            for run in runners.values():
+            for run in runners_and_gemm.values():
                 run()
-        times: Dict[str, List[float]] = {k: [] for k in runners}
+        times: Dict[str, List[float]] = {k: [] for k in runners_and_gemm}
         for _ in range(runs):
-            for k, run in runners.items():  # alternate: noise hits both models alike
+            for k, run in runners_and_gemm.items():  # alternate: noise hits all alike
                 _sync(dev)
                 start = time.perf_counter()
                 run()
                 _sync(dev)
                 times[k].append(time.perf_counter() - start)
+        case_sgemm = 2 * 2048 ** 3 / statistics.median(times.pop('sgemm')) / 1e9
         ips = {k: case.batch_size / statistics.median(v) for k, v in times.items()}
         mem = {k: (_peak_memory_mb(run, dev) if memory else None) for k, run in runners.items()}
         mem_ratio = mem['sknet'] / mem['timm'] if mem['sknet'] and mem['timm'] else None
-        roof = sgemm / gflop * (3 if case.mode == 'train' else 1)  # a training step is ~3x the FLOPs
+        roof = case_sgemm / gflop / (3 if case.mode == 'train' else 1)  # a training step is ~3x the FLOPs
         res = CaseResult(
-            case=case.name, images_per_s=ips, ratio=ips['sknet'] / ips['timm'],
+            case=case.name, images_per_s=ips, ratio=ips['sknet'] / ips['timm'], sgemm_gflops=case_sgemm,
             roofline_share={k: v / roof for k, v in ips.items()}, peak_memory_mb=mem, memory_ratio=mem_ratio,
             runs=runs, run_seconds=times)
         results.append(res)
         log(f'{case.name:>26}: timm {ips["timm"]:7.2f} img/s, sknet {ips["sknet"]:7.2f} img/s, '
-            f'x{res.ratio:.2f}, roofline {res.roofline_share["sknet"]:.0%}'
+            f'x{res.ratio:.2f}, roofline {res.roofline_share["sknet"]:.0%} (sgemm {case_sgemm:.0f} GFLOP/s)'
             + (f', memory x{mem_ratio:.2f}' if mem_ratio else ''))
         if case.mode == 'train':  # training updated the weights: restore the shared starting point
             ours.load_state_dict(reference.state_dict())
@@ -260,8 +270,8 @@ def markdown_table(result: Dict[str, Any]) -> str:
         f'{result["threads"]} threads, torch {result["torch"]}, timm {result["timm"]}; '
         f'sgemm {result["sgemm_gflops"]:.0f} GFLOP/s, {result["gflop_per_image"]:.2f} GFLOP/image.',
         '',
-        '| case | timm img/s | sknet img/s | speed-up | sknet roofline share | timm peak MiB | sknet peak MiB '
-        '| memory ratio |',
+        '| case | timm img/s | sknet img/s | speed-up | sknet roofline share (sgemm GFLOP/s) | timm peak MiB '
+        '| sknet peak MiB | memory ratio |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for r in result['results']:
@@ -269,8 +279,8 @@ def markdown_table(result: Dict[str, Any]) -> str:
         fmt = (lambda v: f'{v:.0f}' if v is not None else '-')
         lines.append(
             f'| {r["case"]} | {r["images_per_s"]["timm"]:.2f} | {r["images_per_s"]["sknet"]:.2f} '
-            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} | {fmt(mem["timm"])} | {fmt(mem["sknet"])} '
+            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) | {fmt(mem["timm"])} | {fmt(mem["sknet"])} '
             f'| {r["memory_ratio"]:.2f} |' if r['memory_ratio'] else
             f'| {r["case"]} | {r["images_per_s"]["timm"]:.2f} | {r["images_per_s"]["sknet"]:.2f} '
-            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} | - | - | - |')
+            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) | - | - | - |')
     return '\n'.join(lines)
