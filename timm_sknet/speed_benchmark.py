@@ -262,6 +262,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _fmt_mb(value: Optional[float]) -> str:
+    return f'{value:.0f}' if value is not None else '-'
+
+
 def markdown_table(result: Dict[str, Any]) -> str:
     """The results of :func:`run_benchmark` as a markdown table with a one-line header."""
     lines = [
@@ -276,11 +280,9 @@ def markdown_table(result: Dict[str, Any]) -> str:
     ]
     for r in result['results']:
         mem = r['peak_memory_mb']
-        fmt = (lambda v: f'{v:.0f}' if v is not None else '-')
+        ratio = f'{r["memory_ratio"]:.2f}' if r['memory_ratio'] else '-'
         lines.append(
             f'| {r["case"]} | {r["images_per_s"]["timm"]:.2f} | {r["images_per_s"]["sknet"]:.2f} '
-            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) | {fmt(mem["timm"])} | {fmt(mem["sknet"])} '
-            f'| {r["memory_ratio"]:.2f} |' if r['memory_ratio'] else
-            f'| {r["case"]} | {r["images_per_s"]["timm"]:.2f} | {r["images_per_s"]["sknet"]:.2f} '
-            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) | - | - | - |')
+            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) '
+            f'| {_fmt_mb(mem["timm"])} | {_fmt_mb(mem["sknet"])} | {ratio} |')
     return '\n'.join(lines)
