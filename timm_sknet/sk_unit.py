@@ -37,18 +37,24 @@ def attn_channels_for(out_channels: int, reduction: float, min_attn_channels: in
     return max(int(round(out_channels / reduction)), int(min_attn_channels))
 
 
-def select_paths(paths: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+def select_paths(paths: List[torch.Tensor], weights: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Weighted sum of the paths: ``sum_m weights[:, m] * paths[m]``.
 
     ``weights`` has shape (B, M, C, 1, 1) and sums to 1 over M. With two paths this is a single
     ``lerp`` (one read of each path, one write), the paper's "a + b = 1" form; otherwise a running sum.
-    Nothing of shape (B, M, C, H, W) is ever built.
+    Nothing of shape (B, M, C, H, W) is ever built. ``inplace=True`` writes the result into the path
+    tensors (no new allocation); only for inference, where nothing else holds them.
     """
     if len(paths) == 2:
+        if inplace:
+            return paths[1].lerp_(paths[0], weights[:, 0])
         return torch.lerp(paths[1], paths[0], weights[:, 0])
-    out = paths[0] * weights[:, 0]
+    if inplace:
+        out = paths[0].mul_(weights[:, 0])
+    else:
+        out = paths[0] * weights[:, 0]
     for i in range(1, len(paths)):
-        out = torch.addcmul(out, paths[i], weights[:, i])
+        out = out.addcmul_(paths[i], weights[:, i]) if inplace else torch.addcmul(out, paths[i], weights[:, i])
     return out
 
 
@@ -107,6 +113,11 @@ class SelectiveKernelAttn(nn.Module):
         z = self.act(self.bn(self.fc_reduce(s)))
         logits = self.fc_select(z)
         return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
+
+    def fuse(self) -> nn.Module:
+        """Inference form with ``bn`` folded into ``fc_reduce`` (called by ``timm.utils.reparameterize_model``)."""
+        from .fusion import FusedSelectiveKernelAttn
+        return FusedSelectiveKernelAttn(self)
 
 
 def _as_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
@@ -199,6 +210,8 @@ class SelectiveKernel(nn.Module):
             attn_channels = attn_channels_for(out_channels, reduction, min_attn_channels)
         self.attn = SelectiveKernelAttn(
             out_channels, num_paths, attn_channels, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        # set by reparameterize(): in inference without autograd, select writes into the path outputs
+        self.inplace_select = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split_input:
@@ -206,7 +219,13 @@ class SelectiveKernel(nn.Module):
             paths = [path(inputs[i]) for i, path in enumerate(self.paths)]
         else:
             paths = [path(x) for path in self.paths]
-        return select_paths(paths, self.attn(paths))
+        weights = self.attn(paths)
+        return select_paths(paths, weights, inplace=self.inplace_select and not torch.is_grad_enabled())
+
+    def reparameterize(self) -> None:
+        """Fold the BatchNorms of the paths and the attention, in place (``timm.utils.reparameterize_model``)."""
+        from .fusion import reparameterize_sk_unit
+        reparameterize_sk_unit(self)
 
 
 def _check_arguments(

@@ -23,6 +23,7 @@ from timm.models.resnet import ResNet
 
 from .errors import WeightsError
 from .feature_extractors import feature_kwargs
+from .fusion import StemReparam
 from .hub_weights import pretrained_kwargs
 from .sk_blocks import SKBasicBlock, SKBlock
 
@@ -78,6 +79,8 @@ class SKNet(ResNet):
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
+        # timm.utils.reparameterize_model only visits children; this one folds the root's conv1 + bn1
+        self.stem_reparam = StemReparam(self)
 
 
 def _weight_source(cfg) -> Optional[str]:

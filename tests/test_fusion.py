@@ -1,0 +1,200 @@
+"""Exactness of the fast paths: the select step, and BN folding through timm's reparameterize_model.
+
+References are independent: the paper's stacked softmax formula, and the unfused model (itself checked
+against timm's implementation with the same weights elsewhere). BatchNorm statistics are randomised so
+that folding is never a no-op.
+"""
+import copy
+
+import pytest
+import timm
+import torch
+from timm.utils import reparameterize_model
+from torch import nn
+
+from timm_sknet import SelectiveKernel, SelectiveKernelAttn, select_paths
+from timm_sknet.fusion import FusedConvAct, fold_batchnorm, unfused_batchnorms
+
+from small_models import CONFIGS, RTOL, make, randomize_bn, rel_err
+
+
+# --- select step -------------------------------------------------------------------------------
+
+def stacked_select(paths, logits):
+    """The paper's formula, literally: softmax over M of the logits, weighted sum of the stacked paths."""
+    b, m = logits.shape[0], len(paths)
+    w = logits.reshape(b, m, -1, 1, 1).softmax(dim=1)
+    return (torch.stack(paths, dim=1) * w).sum(dim=1)
+
+
+@pytest.mark.parametrize('num_paths', [2, 3])
+def test_select_paths_matches_stacked_formula_forward_and_backward(num_paths):
+    g = torch.Generator().manual_seed(num_paths)
+    paths = [torch.randn(2, 8, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+             for _ in range(num_paths)]
+    logits = torch.randn(2, num_paths * 8, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 8, 5, 5, generator=g, dtype=torch.float64)
+
+    weights = logits.reshape(2, num_paths, -1, 1, 1).softmax(dim=1)
+    ours = select_paths(paths, weights)
+    ref = stacked_select(paths, logits)
+    assert (ours - ref).abs().max() < 1e-6
+    grads = torch.autograd.grad(ours, paths + [logits], grad_out)
+    ref_grads = torch.autograd.grad(ref, paths + [logits], grad_out)
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize('kernel_sizes', [(3, 5), (3, 5, 7)])
+def test_sk_unit_training_mode_matches_stacked_formula(kernel_sizes):
+    """Whole unit in training mode (batch statistics): output and every gradient. float64, because BN
+    over a batch of two 1x1 maps amplifies float32 rounding of any reordered sum beyond 1e-6."""
+    unit = SelectiveKernel(16, 16, kernel_sizes=kernel_sizes, stride=2, groups=4, attn_channels=8)
+    unit = unit.double().train()
+    x = torch.randn(2, 16, 12, 12, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):
+        paths = [p(x) for p in unit.paths]
+        a = unit.attn
+        z = a.act(a.bn(a.fc_reduce(torch.stack(paths, 1).sum(1).mean((2, 3), keepdim=True))))
+        return stacked_select(paths, a.fc_select(z))
+
+    state = copy.deepcopy(unit.state_dict())
+    out = unit(x)
+    grads = torch.autograd.grad(out.square().sum(), [x] + list(unit.parameters()))
+    unit.load_state_dict(state)  # undo the running-stat update before the reference pass
+    ref = reference(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x] + list(unit.parameters()))
+    assert (out - ref).abs().max() < 1e-6
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() < 1e-6
+
+
+# --- BN folding --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_reparameterize_model_folds_every_batchnorm_exactly(name):
+    model = make(name)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    fused = reparameterize_model(model)
+
+    assert unfused_batchnorms(fused) == []
+    assert unfused_batchnorms(model), 'the original keeps its BatchNorms'
+    assert [type(m) for m in model.modules()] == types
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    assert rel_err(out, ref) < RTOL
+
+
+def test_reparameterize_inplace_and_twice():
+    model = make('sknet18')
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    fused = reparameterize_model(model, inplace=True)
+    assert fused is model and unfused_batchnorms(model) == []
+    again = reparameterize_model(fused)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref) < RTOL
+        assert rel_err(again(x), ref) < RTOL
+
+
+def test_unfused_keys_are_timms():
+    """The stem helper adds no state: timm's checkpoint of skresnet18 loads strictly."""
+    ours = timm.create_model('sknet18')
+    theirs = timm.create_model('skresnet18')
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+
+
+def test_attention_hook_sees_selection_weights_after_fusion():
+    model = make('sknet50-M3-os16')
+    fused = reparameterize_model(model)
+
+    def record(m):
+        seen = []
+        for mod in m.modules():
+            if isinstance(mod, SelectiveKernelAttn):
+                mod.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        return seen
+
+    a, b = record(model), record(fused)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x), fused(x)
+    assert len(a) == len(b) == 4
+    for wa, wb in zip(a, b):
+        assert wb.shape == wa.shape and wb.shape[1:3] == (3, wa.shape[2]) and wb.shape[3:] == (1, 1)
+        assert torch.allclose(wb.sum(1), torch.ones(()), atol=1e-6)
+        assert (wa - wb).abs().max() < 1e-5
+
+
+def test_fused_model_forward_intermediates_and_features():
+    model = make('sknet50-deep-avgdown-os8')
+    fused = reparameterize_model(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, indices=5, intermediates_only=True)
+        out = fused.forward_intermediates(x, indices=5, intermediates_only=True)
+    assert len(ref) == len(out) == 5
+    for a, b in zip(out, ref):
+        assert rel_err(a, b) < RTOL
+
+    arch, kwargs = CONFIGS['sknet18']
+    feats = randomize_bn(timm.create_model(arch, features_only=True, **kwargs)).eval()
+    feats_fused = reparameterize_model(feats)
+    assert not any(isinstance(m, SelectiveKernel) and unfused_batchnorms(m) for m in feats_fused.modules())
+    with torch.no_grad():
+        for a, b in zip(feats_fused(x), feats(x)):
+            assert rel_err(a, b) < RTOL
+
+
+def test_fold_batchnorm_cases():
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=True)
+    bn = randomize_bn(nn.Sequential(nn.BatchNorm2d(6)))[0].eval()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        assert rel_err(fold_batchnorm(conv, bn)(x), bn(conv(x))) < 1e-6
+    with pytest.raises(ValueError, match='running statistics'):
+        fold_batchnorm(conv, nn.BatchNorm2d(6, track_running_stats=False))
+    with pytest.raises(ValueError, match='6 outputs'):
+        fold_batchnorm(conv, nn.BatchNorm2d(5))
+
+
+def test_fused_conv_act_is_what_paths_become():
+    fused = reparameterize_model(make('sknet18'))
+    units = [m for m in fused.modules() if isinstance(m, SelectiveKernel)]
+    assert units and all(isinstance(p, FusedConvAct) for u in units for p in u.paths)
+
+
+@pytest.mark.parametrize('num_paths', [2, 3])
+def test_select_paths_inplace_equals_out_of_place(num_paths):
+    paths = [torch.randn(2, 8, 5, 5) for _ in range(num_paths)]
+    weights = torch.randn(2, num_paths, 8, 1, 1).softmax(1)
+    ref = select_paths(paths, weights)
+    out = select_paths([p.clone() for p in paths], weights, inplace=True)
+    assert (out - ref).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize('name', ['sknet18', 'sknet50-M3-os16'])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fused_fast_and_autograd_paths_agree(name, channels_last):
+    """Eager inference takes oneDNN's fused kernels and in-place select; with autograd on, the fused
+    model runs plain modules. Both must equal the unfused model, in either memory layout."""
+    model = make(name)
+    fused = reparameterize_model(model)
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        model, fused = (m.to(memory_format=torch.channels_last) for m in (model, fused))
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+    with torch.inference_mode():
+        fast = fused(x)
+    slow = fused(x)
+    assert slow.requires_grad
+    assert rel_err(fast, ref) < RTOL and rel_err(slow.detach(), ref) < RTOL

@@ -1,0 +1,188 @@
+"""Export an SKNet (plain or fused) to ONNX or TorchScript, and compile it with ``torch.compile``.
+
+Every writer exports to a temporary file next to the destination, checks it, and renames it into place,
+so a file at ``path`` is always complete. Exports run on an eval-mode copy of the model: the caller's
+model (and its train/eval mode) is left as it was.
+
+ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs the
+optional ``onnxscript`` package, and the TorchScript-based one exports these models exactly.
+"""
+import copy
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_max_abs_diff',
+    'resolve_input_size',
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: Lowest ONNX opset accepted; every current runtime (onnxruntime, TensorRT, OpenVINO) reads opset 17.
+MIN_ONNX_OPSET = 17
+
+
+def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
+    """(C, H, W) to export with: ``input_size`` if given, else the model's ``pretrained_cfg``, else 3x224x224."""
+    if input_size is None:
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        input_size = cfg.get('input_size', (3, 224, 224))
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 3 or min(size) <= 0:
+        raise ValueError(f'input_size must be (channels, height, width) of positive ints, got {input_size!r}')
+    return size  # type: ignore[return-value]
+
+
+@contextmanager
+def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
+    """Yield a temporary path in the destination's folder; rename it to ``path`` only on success."""
+    dest = Path(path)
+    if dest.is_dir():
+        raise IsADirectoryError(f'{dest} is a folder; give a file path such as {dest / ("model" + suffix)}')
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f'folder {dest.parent} does not exist; create it first')
+    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'expected a torch.nn.Module, got {type(model).__name__}')
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def _example_input(model: nn.Module, input_size: Sequence[int], batch_size: int, seed: int = 0) -> torch.Tensor:
+    p = next(model.parameters(), None)
+    device, dtype = (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, *input_size, generator=g).to(device=device, dtype=dtype)
+
+
+def onnx_max_abs_diff(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
+    """Largest |onnxruntime(path)(x) - model(x)| (model run in eval mode on a copy)."""
+    import onnxruntime as ort
+    ref_model = _eval_copy(model)
+    with torch.inference_mode():
+        ref = ref_model(x).float().cpu()
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    out = torch.from_numpy(session.run(None, {name: x.detach().float().cpu().numpy()})[0])
+    if out.shape != ref.shape:
+        raise RuntimeError(f'ONNX output shape {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)}')
+    return float((out - ref).abs().max())
+
+
+def export_onnx(
+        model: nn.Module,
+        path: PathLike,
+        *,
+        input_size: Optional[Sequence[int]] = None,
+        batch_size: int = 1,
+        opset: int = MIN_ONNX_OPSET,
+        dynamic_batch: bool = True,
+        verify: bool = True,
+        rtol: float = 1e-4,
+) -> Path:
+    """Export ``model`` (plain or fused by ``timm.utils.reparameterize_model``) to an ONNX file.
+
+    Args:
+        model: the model; exported from an eval-mode copy.
+        path: destination ``.onnx`` file, written atomically.
+        input_size: (C, H, W); default from ``model.pretrained_cfg``.
+        batch_size: batch of the example input used for tracing.
+        opset: ONNX opset, at least :data:`MIN_ONNX_OPSET`.
+        dynamic_batch: make the batch dimension symbolic (input ``input``, output ``output``).
+        verify: run the file with onnxruntime (CPU) on a different batch size and compare with PyTorch;
+            raises ``RuntimeError`` if the largest difference exceeds ``rtol`` times the largest output.
+        rtol: tolerance of the check, relative to the largest |output|.
+
+    Returns:
+        The path written.
+    """
+    if opset < MIN_ONNX_OPSET:
+        raise ValueError(f'opset must be >= {MIN_ONNX_OPSET}, got {opset}')
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    import onnx  # noqa: F401  (fail early, with the package name, if the extra is missing)
+
+    size = resolve_input_size(model, input_size)
+    export_model = _eval_copy(model)
+    x = _example_input(export_model, size, batch_size)
+    axes = {'input': {0: 'batch'}, 'output': {0: 'batch'}} if dynamic_batch else None
+    with _atomic_path(path, '.onnx') as tmp:
+        with warnings.catch_warnings():
+            # the dynamo exporter would need onnxscript; the TorchScript-based one is exact here
+            warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
+            warnings.filterwarnings('ignore', message='.*feature will be removed.*')
+            warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                export_model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=['input'],
+                output_names=['output'], dynamic_axes=axes, do_constant_folding=True)
+        import onnx
+        onnx.checker.check_model(str(tmp))
+        if verify:
+            check_batch = batch_size + 1 if dynamic_batch else batch_size
+            xv = _example_input(export_model, size, check_batch, seed=1)
+            diff = onnx_max_abs_diff(tmp, export_model, xv)
+            with torch.inference_mode():
+                scale = float(export_model(xv).abs().max()) or 1.0
+            if diff > rtol * scale:
+                raise RuntimeError(
+                    f'ONNX export differs from PyTorch by {diff:.3g} (> {rtol:g} x max |output| {scale:.3g}); '
+                    f'nothing was written to {path}')
+    return Path(path)
+
+
+def export_torchscript(
+        model: nn.Module,
+        path: PathLike,
+        *,
+        method: str = 'script',
+        input_size: Optional[Sequence[int]] = None,
+        verify: bool = True,
+        rtol: float = 1e-5,
+) -> Path:
+    """Save ``model`` as TorchScript (``torch.jit.script`` by default, or ``method='trace'``), atomically.
+
+    With ``verify`` the saved file is loaded back and compared with the eager model on a batch of 2.
+    """
+    if method not in ('script', 'trace'):
+        raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
+    size = resolve_input_size(model, input_size)
+    export_model = _eval_copy(model)
+    x = _example_input(export_model, size, 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit.*deprecated.*')
+        scripted = torch.jit.script(export_model) if method == 'script' else torch.jit.trace(export_model, x)
+        with _atomic_path(path, '.pt') as tmp:
+            scripted.save(str(tmp))
+            if verify:
+                loaded = torch.jit.load(str(tmp), map_location=x.device)
+                with torch.inference_mode():
+                    ref, out = export_model(x), loaded(x)
+                diff, scale = float((out - ref).abs().max()), float(ref.abs().max()) or 1.0
+                if diff > rtol * scale:
+                    raise RuntimeError(f'TorchScript differs from eager by {diff:.3g}; nothing was written to {path}')
+    return Path(path)
+
+
+def compile_for_inference(model: nn.Module, **compile_kwargs) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(model, fullgraph=True)`` on an eval-mode copy: one graph, no Python fallbacks.
+
+    Extra keyword arguments go to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...).
+    """
+    compile_kwargs.setdefault('fullgraph', True)
+    return torch.compile(_eval_copy(model), **compile_kwargs)
