@@ -16,10 +16,11 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                # gain < 1 on average, so deep random networks stay in a well-conditioned range
+                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
     return model
 
 

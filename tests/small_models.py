@@ -3,6 +3,8 @@ import timm
 import torch
 from torch import nn
 
+from helpers import randomize_batchnorm, rel_max_diff
+
 RTOL = 1e-4
 
 # small models that between them cover: M = 2 and 3, split input, stride 2 (every stage but the
@@ -17,22 +19,9 @@ CONFIGS = {
 }
 
 
-def randomize_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model
-
-
 def make(name: str) -> nn.Module:
     arch, kwargs = CONFIGS[name]
-    return randomize_bn(timm.create_model(arch, num_classes=10, **kwargs)).eval()
+    return randomize_batchnorm(timm.create_model(arch, num_classes=10, **kwargs)).eval()
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+rel_err = rel_max_diff

@@ -16,25 +16,14 @@ from torch import nn
 
 from timm_sknet import SelectiveKernel
 
-TIMM_TWINS = {'sknet18': 'skresnet18', 'sknet34': 'skresnet34', 'sknet50': 'skresnext50_32x4d'}
+import helpers
+from helpers import randomize_batchnorm as randomise_batchnorm
+
+TIMM_TWINS = dict(helpers.TIMM_TWINS)
 FEATURE_CLASSES = ('list', 'dict', 'hook', 'fx', 'getter')
 BASIC_CHANNELS = [64, 64, 128, 256, 512]
 BOTTLENECK_CHANNELS = [64, 256, 512, 1024, 2048]
 REDUCTIONS = {8: [2, 4, 8, 8, 8], 16: [2, 4, 8, 16, 16], 32: [2, 4, 8, 16, 32]}
-
-
-def randomise_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters (zero-init last BN included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.6)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
-    return model
 
 
 def kaiming_init(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -98,7 +87,7 @@ def test_features_equal_timm_sk_models_at_every_output_stride(name, output_strid
     with torch.device('meta'):
         ref = timm.create_model(TIMM_TWINS[name], features_only=True, output_stride=output_stride)
         ours = timm.create_model(name, features_only=True, output_stride=output_stride)
-    ref = randomise_batchnorm(kaiming_init(ref.to_empty(device='cpu'))).eval()
+    ref = randomise_batchnorm(kaiming_init(ref.to_empty(device="cpu")), seed=1).eval()
     ours.load_state_dict(ref.state_dict(), assign=True)  # strict: the same names and shapes
     ours.eval()
     x = torch.randn(1, 3, 64, 64)  # eval mode: batch 1 is enough, and halves the cost of the ResNeXt

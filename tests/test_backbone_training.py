@@ -10,18 +10,9 @@ from torch import nn
 
 from timm_sknet import SelectiveKernel, SelectiveKernelAttn
 
+from helpers import randomize_batchnorm as randomise_batchnorm
+
 X32 = (3, 32, 32)
-
-
-def randomise_batchnorm(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)  # undo zero-init of last BN
-    return model
 
 
 def test_freeze_batch_norm_reaches_the_sk_attention_and_paths():

@@ -15,7 +15,8 @@ from torch import nn
 from timm_sknet import SelectiveKernel, SelectiveKernelAttn, select_paths
 from timm_sknet.fusion import FusedConvAct, fold_batchnorm, unfused_batchnorms
 
-from small_models import CONFIGS, RTOL, make, randomize_bn, rel_err
+from helpers import randomize_batchnorm as randomize_bn
+from small_models import CONFIGS, RTOL, make, rel_err
 
 
 # --- select step -------------------------------------------------------------------------------
