@@ -1,0 +1,35 @@
+"""Reading images for the command line and the analysis tools, with errors that say what to do."""
+from pathlib import Path
+from typing import Union
+
+__all__ = ['ImageError', 'load_image']
+
+
+class ImageError(OSError):
+    """An image file exists but cannot be decoded (not an image, truncated, or an unsupported format)."""
+
+
+def load_image(path: Union[str, Path]):
+    """Open ``path`` as an RGB ``PIL.Image``, fully decoded (so a truncated file fails here, not later).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageError: the file is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'image file not found: {path} (check the path; globs are expanded by your shell)')
+    if path.is_dir():
+        raise ImageError(f'{path} is a directory, not an image file (pass image files, e.g. {path}/*.jpg)')
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert('RGB')
+    except UnidentifiedImageError:
+        raise ImageError(
+            f'{path} is not an image PIL can read (supported: JPEG, PNG, WebP, BMP, ...); '
+            f'convert it or pass another file') from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f'{path} could not be decoded ({e}); the file may be truncated or corrupt') from None
