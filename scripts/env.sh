@@ -27,6 +27,12 @@ if [ ! -f "$venv/.complete" ]; then
     touch "$venv/.complete"
 fi
 # Always (re)link this checkout: fast, and a reused environment never runs another clone's code.
-pip_quiet --no-deps --no-build-isolation -e "$repo_root" >/dev/null
+# (setuptools' deprecation chatter is kept out of the way, and shown only if the install fails)
+link_log="$(mktemp)"
+if ! "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo_root" >"$link_log" 2>&1; then
+    cat "$link_log" >&2
+    exit 1
+fi
+rm -f "$link_log"
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
