@@ -188,7 +188,7 @@ def state_digest(state_dict: Dict[str, torch.Tensor]) -> str:
     for k in sorted(state_dict):
         t = state_dict[k].detach().cpu().contiguous()
         h.update(f'{k}|{t.dtype}|{tuple(t.shape)}|'.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -271,6 +271,9 @@ def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: 
     train_ds.transform, val_ds.transform = train_tf, eval_tf
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    # the weights we write are ours, not the tag's: keep preprocessing, drop the source weights' provenance
+    model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items()
+                            if k not in ('tag', 'hf_hub_id', 'url', 'file', 'origin_url', 'notes')}
 
     resume_state = None
     if args.resume:
