@@ -21,7 +21,7 @@ from timm_sknet.synthetic_data import SyntheticShapes, write_image_folder
 from timm_sknet.train import add_train_arguments, main, parse_model_kwargs, run_train, state_digest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)', 'num_classes=4', '--image-size', '32',
+TINY = ['--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)', 'num_classes=4', '--image-size', '16',
         '--batch-size', '16', '--workers', '0', '--lr', '0.02', '--seed', '3', '--device', 'cpu']
 
 
@@ -62,8 +62,8 @@ def test_last_loads_via_local_dir_with_the_trained_weights(two_epochs):
     assert model.num_classes == 4 and len(model.layer1) == 1
     assert state_digest(model.state_dict()) == _digest(out / 'digest')
     config = resolve_data_config({}, model=model)
-    assert config['input_size'] == (3, 32, 32)
-    val = SyntheticShapes(8, 32, seed=3, split='validation', num_classes=4, transform=create_transform(**config))
+    assert config['input_size'] == (3, 16, 16)
+    val = SyntheticShapes(8, 16, seed=3, split='validation', num_classes=4, transform=create_transform(**config))
     x = torch.stack([val[i][0] for i in range(len(val))])
     y = torch.tensor(val.targets)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_resume_continues_exactly(two_epochs, tmp_path):
 
 
 def test_image_folder_with_amp_grad_checkpointing_adamw_step(tmp_path):
-    data = write_image_folder(tmp_path / 'data', {'train': 16, 'validation': 8}, image_size=32, num_classes=4)
+    data = write_image_folder(tmp_path / 'data', {'train': 16, 'validation': 8}, image_size=16, num_classes=4)
     metrics = run_train(_args(*TINY, '--data-dir', data, '--epochs', 1, '--batch-size', 8, '--amp',
                               '--grad-checkpointing', '--opt', 'adamw', '--lr', 1e-3, '--sched', 'step',
                               '--output', tmp_path / 'out'))
