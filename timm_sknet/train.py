@@ -37,6 +37,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from . import sknet_models  # noqa: F401  (registers the sknet architectures)
+from .errors import WeightsError
 from .hub_format import _replace_dir, export_hub_folder
 from .hub_weights import WEIGHTS_FILENAME
 from .synthetic_data import CLASSES, SyntheticShapes
@@ -404,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_train(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, WeightsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0
