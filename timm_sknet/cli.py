@@ -231,7 +231,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model = reparameterize_model(model)
     input_size = (3, args.img_size, args.img_size) if args.img_size else None
     if args.format == 'onnx':
-        path = export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+        try:
+            path = export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+        except ModuleNotFoundError as e:
+            raise CLIError(f'ONNX export needs {e.name or "onnx"}: pip install "timm-sknet[export]"') from None
     else:
         path = export_torchscript(model, args.out, method=args.method, input_size=input_size)
     print(f'wrote {path} ({args.format}, {args.model}{", fused" if args.fused else ""}, '
