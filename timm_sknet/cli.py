@@ -5,15 +5,27 @@ With no subcommand it runs the main job: the model table, then one forward pass.
 import argparse
 import sys
 import time
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from torch import nn
 
 import timm
 
 from .complexity import PUBLISHED, measure
+from .errors import WeightsError
+from .images import ImageError
 
-__all__ = ['main', 'model_table']
+__all__ = ['CLIError', 'build_parser', 'main', 'model_table']
+
+#: Exceptions that are the user's to fix: printed as one ``timm-sknet: error: ...`` line, exit status 2.
+#: ``FileExistsError`` / ``FileNotFoundError`` come from the writers (existing output folder, missing folder).
+USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError)
+
+
+class CLIError(Exception):
+    """A mistake in the command line (unknown model, checkpoint that does not fit, ...); the message says what to do."""
 
 
 def model_table() -> str:
@@ -34,9 +46,284 @@ def model_table() -> str:
     return '\n'.join(rows)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# shared helpers: model loading and preprocessing
+# ---------------------------------------------------------------------------------------------------------
+
+def _add_model_args(p: argparse.ArgumentParser, default: str = 'sknet50', pretrained: bool = True) -> None:
+    p.add_argument('--model', default=default, help=f'registered model name, optionally with a tag (default: {default})')
+    if pretrained:
+        p.add_argument('--pretrained', action='store_true', help="load the model's published pretrained weights")
+    p.add_argument('--checkpoint', metavar='FILE',
+                   help='local weights: .safetensors, or .pth/.pth.tar/.bin (read with weights_only=True)')
+
+
+def _checkpoint_classes(path: Path) -> Optional[int]:
+    """Number of classes of a checkpoint's classifier (``fc.weight``); 0 for a headless one, None if unknown."""
+    from timm.models import load_state_dict
+    try:
+        state_dict = load_state_dict(str(path), weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any decode failure is the file's fault)
+        raise CLIError(f'cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+                       f'pass a .safetensors file or a .pth state_dict saved with torch.save') from None
+    if 'fc.weight' in state_dict:
+        return int(state_dict['fc.weight'].shape[0])
+    if not any(k.startswith('fc.') for k in state_dict):
+        return 0
+    return None
+
+
+def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` in eval mode, with a local ``checkpoint`` loaded through timm's pretrained path.
+
+    Raises:
+        CLIError: unknown model name, or a checkpoint that does not fit the model.
+        FileNotFoundError: the checkpoint does not exist.
+        WeightsError: pretrained weights could not be provided.
+    """
+    from timm.models import split_model_name_tag
+    arch, _ = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
+                       f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"})')
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f'checkpoint file not found: {path} (check the path, or drop --checkpoint)')
+        num_classes = _checkpoint_classes(path)
+        overlay: Dict[str, Any] = dict(file=str(path.absolute()))
+        if num_classes is not None:  # keep the checkpoint's head instead of timm dropping a mismatched one
+            overlay['num_classes'] = num_classes
+            kwargs.setdefault('num_classes', num_classes)
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except RuntimeError as e:
+            detail = ' '.join(str(e).split())
+            detail = detail if len(detail) <= 240 else detail[:240] + '...'
+            raise CLIError(f'checkpoint {path} does not fit {name} ({detail}); pass the --model it was trained as') from None
+    else:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    return model.eval()
+
+
+def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
+    """Preprocessing from the model's pretrained_cfg; ``img_size`` overrides the input size only."""
+    from timm.data import resolve_data_config
+    return resolve_data_config({'img_size': img_size} if img_size else {}, model=model)
+
+
+def _warn_random(args: argparse.Namespace) -> None:
+    if not getattr(args, 'pretrained', False) and not args.checkpoint:
+        print(f'timm-sknet: note: {args.model} has random weights (pass --pretrained or --checkpoint FILE)',
+              file=sys.stderr)
+
+
+def class_names(model: nn.Module) -> List[str]:
+    """Readable class names: ImageNet's for a 1000-class head, the cfg's ``label_names``, else indices."""
+    num_classes = int(getattr(model, 'num_classes', 0) or 0)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(num_classes)]
+    labels = cfg.get('label_names')
+    if labels and len(labels) == num_classes:
+        return [str(x) for x in labels]
+    return [f'class {i}' for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# subcommands: one _cmd_<name> and one _add_<name>_parser each
+# ---------------------------------------------------------------------------------------------------------
+
 def _cmd_list(args: argparse.Namespace) -> int:
     print(model_table())
     return 0
+
+
+def _add_list_parser(sub) -> None:
+    p = sub.add_parser('list', help='registered models with measured and published params/GMACs')
+    p.set_defaults(func=_cmd_list)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from timm.data import create_transform
+    from .images import load_image
+    from .progress import progress
+
+    if args.topk < 1:
+        raise CLIError(f'--topk must be >= 1, got {args.topk}')
+    images = [load_image(p) for p in args.images]  # fail on a bad file before building the model
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    _warn_random(args)
+    if not getattr(model, 'num_classes', 0):
+        raise CLIError(f'{args.model} has no classifier head (num_classes=0): nothing to predict')
+    transform = create_transform(**_data_config(model, args.img_size), is_training=False)
+    names = class_names(model)
+    k = min(args.topk, len(names))
+    batches = [list(range(i, min(i + args.batch_size, len(images)))) for i in range(0, len(images), args.batch_size)]
+    for batch in progress(batches, total=len(batches), desc='predict'):
+        x = torch.stack([transform(images[i]) for i in batch])
+        with torch.inference_mode():
+            probs = model(x).float().softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        for row, i in enumerate(batch):
+            print(f'{args.images[i]}:')
+            for rank, (p, c) in enumerate(zip(top.values[row].tolist(), top.indices[row].tolist()), 1):
+                print(f'  {rank}. {p * 100:6.2f}%  {names[c]} ({c})')
+    return 0
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser('predict', help='top-k classes of images')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    _add_model_args(p)
+    p.add_argument('--topk', type=int, default=5, help='classes to show per image (default: 5)')
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: 8)')
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .speed_benchmark import markdown_table, run_benchmark
+    json_path = md_path = None
+    if args.out:
+        out = Path(args.out)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f'folder {out.parent} does not exist; create it or choose another --out')
+        json_path, md_path = out.with_suffix('.json'), out.with_suffix('.md')
+    kwargs: Dict[str, Any] = {}
+    if args.timm_model:
+        kwargs['timm_model'] = args.timm_model
+    if args.model:
+        kwargs['our_model'] = args.model
+    result = run_benchmark(
+        device=args.device, runs=args.runs, threads=args.threads, image_size=args.image_size, quick=args.quick,
+        memory=not args.no_memory, json_path=json_path, markdown_path=md_path,
+        log=lambda line: print(line, file=sys.stderr, flush=True), **kwargs)
+    print(markdown_table(result))
+    if args.out:
+        print(f'wrote {json_path} and {md_path}', file=sys.stderr)
+    return 0
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser('bench', help='speed and memory vs timm\'s own SK implementation, same weights')
+    p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
+    p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
+    p.add_argument('--timm-model', default=None,
+                   help="timm's twin of --model (default: skresnext50_32x4d; skresnet18 with --quick)")
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--runs', type=int, default=7, help='timed runs per model and case (median reported)')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    p.add_argument('--image-size', type=int, default=224)
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
+    p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_torchscript
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    _warn_random(args)
+    if args.fused:
+        from timm.utils import reparameterize_model
+        model = reparameterize_model(model)
+    input_size = (3, args.img_size, args.img_size) if args.img_size else None
+    if args.format == 'onnx':
+        try:
+            path = export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+        except ModuleNotFoundError as e:
+            raise CLIError(f'ONNX export needs {e.name or "onnx"}: pip install "timm-sknet[export]"') from None
+    else:
+        path = export_torchscript(model, args.out, method=args.method, input_size=input_size)
+    print(f'wrote {path} ({args.format}, {args.model}{", fused" if args.fused else ""}, '
+          f'checked against PyTorch)')
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    from .export import MIN_ONNX_OPSET
+    p = sub.add_parser('export', help='write ONNX or TorchScript (checked against PyTorch before it is kept)')
+    p.add_argument('format', choices=('onnx', 'torchscript'))
+    p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt)')
+    _add_model_args(p)
+    p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm.utils.reparameterize_model)')
+    p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
+    p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')
+    p.add_argument('--method', choices=('script', 'trace'), default='script', help='TorchScript method')
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .hub_format import export_hub_folder
+    common = dict(repo_id=args.repo_id, overwrite=args.overwrite)
+    out_dir = Path(args.out)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
+        raise CLIError(f'{out_dir} exists and is not empty; pass --overwrite to replace it, or choose another OUT')
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f'checkpoint file not found: {path} (check the path)')
+        load_model(args.model, checkpoint=args.checkpoint)  # checks the name and that the checkpoint fits
+        out = export_hub_folder(path, args.out, model_name=args.model, **common)
+    elif args.pretrained:
+        out = export_hub_folder(load_model(args.model, pretrained=True), args.out, **common)
+    else:
+        raise CLIError('convert needs weights: pass --checkpoint FILE or --pretrained')
+    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True) after import timm_sknet")
+    return 0
+
+
+def _add_convert_parser(sub) -> None:
+    p = sub.add_parser('convert', help='write a Hugging Face Hub folder (config.json, model.safetensors, README.md)')
+    p.add_argument('out', metavar='OUT', help='folder to create')
+    _add_model_args(p)
+    p.add_argument('--repo-id', default=None, help='the Hub repo meant for it (used in the model card)')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty OUT (atomically)')
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from .scale_analysis import run_scale_analysis, synthetic_images
+    from .images import load_image
+    if not args.images and not args.synthetic:
+        raise CLIError('give image files, or --synthetic N to generate N test images')
+    if args.images and args.synthetic:
+        raise CLIError('give either image files or --synthetic N, not both')
+    if any(s <= 0 for s in args.scales):
+        raise CLIError(f'--scales must be positive, got {" ".join(map(str, args.scales))}')
+    images: Sequence[Any] = [load_image(p) for p in args.images] if args.images else synthetic_images(args.synthetic)
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    _warn_random(args)
+    out = Path(args.out)
+    result = run_scale_analysis(model, images, args.scales, data_config=_data_config(model, args.img_size),
+                                batch_size=args.batch_size)
+    result.model_name = args.model
+    print(result.table())
+    csv_path = result.write_csv(out / 'attention.csv')
+    print(f'wrote {csv_path}')
+    try:
+        png = result.save_plot(out / 'attention.png')
+        print(f'wrote {png}')
+    except ModuleNotFoundError as e:
+        print(f'timm-sknet: note: no plot written: {e}', file=sys.stderr)
+    return 0
+
+
+def _add_attention_parser(sub) -> None:
+    from .scale_analysis import DEFAULT_SCALES
+    p = sub.add_parser('attention', help="the paper's scale analysis: SK attention (large - small kernel) per "
+                                         'unit as the object grows')
+    p.add_argument('images', nargs='*', metavar='IMAGE', help='image files (or use --synthetic N)')
+    _add_model_args(p)
+    p.add_argument('--synthetic', type=int, default=0, metavar='N', help='use N generated images instead')
+    p.add_argument('--scales', type=float, nargs='+', default=list(DEFAULT_SCALES),
+                   help='object enlargement factors (default: 1 1.5 2, as in the paper)')
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--out', required=True, metavar='DIR', help='folder for attention.csv and attention.png')
+    p.set_defaults(func=_cmd_attention)
 
 
 def _cmd_main_job(args: argparse.Namespace) -> int:
@@ -53,20 +340,35 @@ def _cmd_main_job(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBCOMMANDS = (
+    _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
+    _add_attention_parser,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-sknet', description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='sknet50', help='model for the main job (default: sknet50)')
     parser.set_defaults(func=_cmd_main_job)
     sub = parser.add_subparsers(title='commands')
-    p = sub.add_parser('list', help='registered models with measured and published params/GMACs')
-    p.set_defaults(func=_cmd_list)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     import timm_sknet  # noqa: F401  (registers the models)
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, *USER_ERRORS) as e:
+        print(f'{parser.prog}: error: {_one_line(e)}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -1,0 +1,169 @@
+"""``timm-sknet`` end to end: every subcommand once on small models and images the tests make."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import timm
+from timm.data import create_transform, resolve_data_config
+from timm.utils import reparameterize_model
+from timm_sknet.cli import main
+from timm_sknet.scale_analysis import synthetic_images
+
+from helpers import randomize_batchnorm, rel_max_diff, save_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 7
+
+
+@pytest.fixture(scope='module')
+def trained():
+    torch.manual_seed(3)
+    return randomize_batchnorm(timm.create_model('sknet18', num_classes=NUM_CLASSES)).eval()
+
+
+@pytest.fixture(scope='module')
+def checkpoint(trained, tmp_path_factory):
+    return save_safetensors(trained, tmp_path_factory.mktemp('ckpt') / 'sknet18_7.safetensors')
+
+
+@pytest.fixture(scope='module')
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp('img') / 'object.png'
+    synthetic_images(1, size=96, seed=5)[0].save(path)
+    return path
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_predict_with_checkpoint_prints_the_models_top_k(capsys, trained, checkpoint, image_path):
+    rc, out, err = run_cli(capsys, 'predict', image_path, '--model', 'sknet18', '--checkpoint', checkpoint,
+                           '--img-size', 64, '--topk', 3)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f'{image_path}:'
+    ranked = [line for line in lines[1:] if line.strip()]
+    assert len(ranked) == 3
+    printed = [int(line.rsplit('(', 1)[1].rstrip(')')) for line in ranked]
+    # independent reference: the saved model itself, on the same preprocessing
+    from PIL import Image
+    transform = create_transform(**resolve_data_config({'img_size': 64}, model=trained))
+    with torch.no_grad():
+        probs = trained(transform(Image.open(image_path).convert('RGB'))[None]).softmax(-1)[0]
+    assert printed == probs.topk(3).indices.tolist()
+    assert f'{probs.max().item() * 100:6.2f}%' in ranked[0]
+    assert 'class ' in ranked[0]  # 7 classes, no label names: indices
+
+
+def test_predict_uses_imagenet_names_for_a_1000_class_head(capsys, image_path):
+    rc, out, err = run_cli(capsys, 'predict', image_path, image_path, '--model', 'sknet18', '--img-size', 64,
+                           '--topk', 2)
+    assert rc == 0, err
+    assert 'random weights' in err
+    lines = out.splitlines()
+    assert len(lines) == 6 and lines[0] == lines[3] == f'{image_path}:'
+    from timm.data import ImageNetInfo
+    index = int(lines[1].rsplit('(', 1)[1].rstrip(')'))
+    assert ImageNetInfo().index_to_description(index) in lines[1]
+
+
+def test_export_onnx_and_torchscript_fused(capsys, tmp_path, trained, checkpoint):
+    import onnxruntime as ort
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = trained(x)
+    for fmt, name in (('onnx', 'm.onnx'), ('torchscript', 'm.pt')):
+        rc, out, err = run_cli(capsys, 'export', fmt, tmp_path / name, '--model', 'sknet18', '--fused',
+                               '--checkpoint', checkpoint, '--img-size', 64)
+        assert rc == 0, err
+        assert 'fused' in out
+    session = ort.InferenceSession(str(tmp_path / 'm.onnx'), providers=['CPUExecutionProvider'])
+    onnx_out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert rel_max_diff(onnx_out, ref) < 1e-4
+    scripted = torch.jit.load(str(tmp_path / 'm.pt'))
+    with torch.no_grad():
+        assert rel_max_diff(scripted(x), ref) < 1e-4
+    # the fused TorchScript is the fused graph, not the plain one
+    assert not any('bn' in n for n, _ in scripted.named_modules() if n.startswith('layer1.0.conv1.paths'))
+
+
+def test_convert_writes_a_folder_timm_loads(capsys, tmp_path, trained, checkpoint):
+    out_dir = tmp_path / 'hub'
+    rc, out, err = run_cli(capsys, 'convert', out_dir, '--model', 'sknet18', '--checkpoint', checkpoint)
+    assert rc == 0, err
+    assert {p.name for p in out_dir.iterdir()} == {'config.json', 'model.safetensors', 'README.md'}
+    loaded = timm.create_model(f'local-dir:{out_dir}', pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained(x))
+    # a second convert into the same folder refuses, with the flag to use
+    rc, out, err = run_cli(capsys, 'convert', out_dir, '--model', 'sknet18', '--checkpoint', checkpoint)
+    assert rc == 2 and '--overwrite' in err
+
+
+def test_attention_synthetic_writes_csv_and_png(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, 'attention', '--synthetic', 2, '--model', 'sknet18', '--img-size', 64,
+                           '--scales', 1, 1.5, 2, '--out', tmp_path)
+    assert rc == 0, err
+    with open(tmp_path / 'attention.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    units = 8  # sknet18: 2 basic blocks in each of 4 stages, one SK unit each
+    assert len(rows) == units * 3
+    assert sorted({float(r['scale']) for r in rows}) == [1.0, 1.5, 2.0]
+    assert all(int(r['n_images']) == 2 and abs(float(r['mean_diff'])) <= 1 for r in rows)
+    assert (tmp_path / 'attention.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert out.splitlines()[0].split() == ['unit', '1x', '1.5x', '2x']
+    assert 'SK_2_1' in out
+
+
+def test_bench_quick_writes_json_and_markdown(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, 'bench', '--quick', '--image-size', 32, '--runs', 1, '--no-memory',
+                           '--out', tmp_path / 'bench')
+    assert rc == 0, err
+    result = json.loads((tmp_path / 'bench.json').read_text())
+    assert result['quick'] and result['our_model'] == 'sknet18' and result['image_size'] == 32
+    assert all(r['images_per_s']['sknet'] > 0 for r in result['results'])
+    assert (tmp_path / 'bench.md').read_text().strip() in out
+
+
+def test_list_and_main_job_still_work(capsys):
+    rc, out, _ = run_cli(capsys, 'list')
+    assert rc == 0 and '| sknet18 |' in out
+    rc, out, _ = run_cli(capsys, '--model', 'sknet18')
+    assert rc == 0 and 'finite=True' in out
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['predict', '{missing}'], 'image file not found'),
+    (['predict', '{bad}'], 'is not an image'),
+    (['predict', '{image}', '--model', 'sknet7'], 'unknown model'),
+    (['predict', '{image}', '--model', 'sknet18', '--checkpoint', '{missing}'], 'checkpoint file not found'),
+    (['predict', '{image}', '--model', 'sknet34', '--checkpoint', '{ckpt}'], 'does not fit sknet34'),
+    (['predict', '{image}', '--model', 'sknet101', '--pretrained'], 'No pretrained weights exist'),
+    (['attention', '--model', 'sknet18', '--out', '{tmp}'], '--synthetic N'),
+    (['convert', '{tmp}/hub', '--model', 'sknet18'], '--checkpoint FILE or --pretrained'),
+])
+def test_user_errors_are_one_line_with_exit_2(capsys, tmp_path, image_path, checkpoint, argv, message):
+    bad = tmp_path / 'bad.png'
+    bad.write_text('not an image')
+    fill = dict(missing=tmp_path / 'missing.png', bad=bad, image=image_path, ckpt=checkpoint, tmp=tmp_path)
+    rc, out, err = run_cli(capsys, *(a.format(**fill) for a in argv))
+    assert rc == 2
+    assert err.startswith('timm-sknet: error: ') and message in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_console_entry_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'timm_sknet', 'predict', str(tmp_path / 'nope.jpg')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f'timm-sknet: error: image file not found: {tmp_path / "nope.jpg"} '
+                                   '(check the path; globs are expanded by your shell)')
