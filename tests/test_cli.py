@@ -167,3 +167,23 @@ def test_console_entry_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f'timm-sknet: error: image file not found: {tmp_path / "nope.jpg"} '
                                    '(check the path; globs are expanded by your shell)')
+
+
+def test_train_subcommand_end_to_end(tmp_path, capsys):
+    """`timm-sknet train` is wired to timm_sknet.train: one tiny epoch writes a loadable Hub folder."""
+    from timm_sknet.cli import main
+    out = tmp_path / 'run'
+    code = main(['train', '--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)', '--synthetic', '16',
+                 '--image-size', '16', '--batch-size', '8', '--epochs', '1', '--workers', '0',
+                 '--output', str(out)])
+    assert code == 0
+    assert 'val_top1' in capsys.readouterr().out
+    model = timm.create_model(f'local-dir:{out / "last"}', pretrained=True)
+    assert model.num_classes == 8
+
+
+def test_train_subcommand_bad_option_is_one_line(tmp_path, capsys):
+    from timm_sknet.cli import main
+    code = main(['train', '--synthetic', '16', '--sync-bn', '--device', 'cpu', '--output', str(tmp_path / 'r')])
+    err = capsys.readouterr().err
+    assert code == 2 and 'sync-bn' in err and 'Traceback' not in err

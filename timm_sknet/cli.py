@@ -340,9 +340,25 @@ def _cmd_main_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+    try:
+        run_train(args)
+    except ValueError as e:  # bad options or data (run_train's documented user errors)
+        raise CLIError(str(e)) from e
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    from .train import add_train_arguments
+    p = sub.add_parser('train', help='train or fine-tune an sknet (ImageFolder or synthetic shapes; torchrun for DDP)')
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
-    _add_attention_parser,
+    _add_attention_parser, _add_train_parser,
 )
 
 
