@@ -17,8 +17,10 @@ _real_connect = socket.socket.connect
 
 
 def _loopback_only_connect(sock, address):
-    host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and not host.startswith(_LOOPBACK):
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):  # unix sockets (multiprocessing) stay local
+        return _real_connect(sock, address)
+    host = address[0]
+    if not host.startswith(_LOOPBACK):
         raise ConnectionRefusedError(f'tests may only connect to loopback, not {address!r}')
     return _real_connect(sock, address)
 

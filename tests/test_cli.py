@@ -134,11 +134,12 @@ def test_bench_quick_writes_json_and_markdown(capsys, tmp_path):
     assert (tmp_path / 'bench.md').read_text().strip() in out
 
 
-def test_list_and_main_job_still_work(capsys):
+def test_list_and_main_job_still_work(capsys, tmp_path):
     rc, out, _ = run_cli(capsys, 'list')
     assert rc == 0 and '| sknet18 |' in out
-    rc, out, _ = run_cli(capsys, '--model', 'sknet18')
-    assert rc == 0 and 'finite=True' in out
+    rc, out, _ = run_cli(capsys, '--out', str(tmp_path))  # the main job, offline, on the embedded model
+    assert rc == 0 and '| sknet50 |' in out and '12/12 correct' in out and 'paper' in out
+    assert (tmp_path / 'predictions.csv').exists() and (tmp_path / 'attention_vs_scale.csv').exists()
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -173,17 +174,19 @@ def test_train_subcommand_end_to_end(tmp_path, capsys):
     """`timm-sknet train` is wired to timm_sknet.train: one tiny epoch writes a loadable Hub folder."""
     from timm_sknet.cli import main
     out = tmp_path / 'run'
-    code = main(['train', '--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)', '--synthetic', '16',
-                 '--image-size', '16', '--batch-size', '8', '--epochs', '1', '--workers', '0',
+    code = main(['train', '--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)',
+                 '--synthetic-train-size', '16', '--synthetic-val-size', '8', '--synthetic-classes', '4',
+                 '--img-size', '16', '--batch-size', '8', '--epochs', '1', '--workers', '0',
                  '--output', str(out)])
     assert code == 0
-    assert 'val_top1' in capsys.readouterr().out
-    model = timm.create_model(f'local-dir:{out / "last"}', pretrained=True)
-    assert model.num_classes == 8
+    assert 'epoch' in capsys.readouterr().out
+    model = timm.create_model(f'local-dir:{out / "model"}', pretrained=True)
+    assert model.num_classes == 4
 
 
 def test_train_subcommand_bad_option_is_one_line(tmp_path, capsys):
     from timm_sknet.cli import main
-    code = main(['train', '--synthetic', '16', '--sync-bn', '--device', 'cpu', '--output', str(tmp_path / 'r')])
+    code = main(['train', '--synthetic-train-size', '16', '--batch-size', '64', '--output', str(tmp_path / 'r')])
     err = capsys.readouterr().err
-    assert code == 2 and 'sync-bn' in err and 'Traceback' not in err
+    assert code == 2 and 'lower --batch-size' in err and 'Traceback' not in err
+    assert not (tmp_path / 'r' / 'model').exists()

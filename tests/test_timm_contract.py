@@ -16,10 +16,11 @@ X64 = (2, 3, 64, 64)
 
 
 def test_registered_names_do_not_shadow_timm():
-    assert sorted(ALL) == ['sknet101', 'sknet152', 'sknet18', 'sknet34', 'sknet50']
+    assert sorted(ALL) == ['sknet101', 'sknet152', 'sknet18', 'sknet34', 'sknet50', 'sknet_tiny']
     assert set(timm.list_models(module='sknet_models')) == set(ALL)
     assert timm.list_models('skresnext50_32x4d') and timm.list_models(module='sknet')  # timm's own intact
-    assert timm.list_pretrained('sknet*') == ['sknet18.ra_in1k', 'sknet34.ra_in1k', 'sknet50.ra_in1k']
+    assert timm.list_pretrained('sknet*') == [
+        'sknet18.ra_in1k', 'sknet34.ra_in1k', 'sknet50.ra_in1k', 'sknet_tiny.synthetic']
 
 
 @pytest.mark.parametrize('name', ALL)

@@ -1,4 +1,8 @@
-"""``timm_sknet.train``: a tiny SKNet trains, writes loadable Hub folders, resumes exactly, and DDP stays in sync."""
+"""``timm-sknet train``: learning, Hub-layout checkpoints, exact resume, DDP on CPU, SyncBatchNorm, errors.
+
+Every run uses a tiny SKNet (stages 8-16-32-64, one block each) on 32x32 synthetic shapes, so a run is a
+second or two on 2 cores.
+"""
 import argparse
 import json
 import os
@@ -12,130 +16,95 @@ import torch
 from safetensors.torch import load_file
 
 import timm
-from timm.data import create_transform, resolve_data_config
-from timm.layers import convert_sync_batchnorm
-from timm.layers.norm_act import BatchNormAct2d, SyncBatchNormAct
+from timm.layers import BatchNormAct2d, SyncBatchNormAct, convert_sync_batchnorm
 
 from timm_sknet import SelectiveKernelAttn
-from timm_sknet.synthetic_data import SyntheticShapes, write_image_folder
-from timm_sknet.train import add_train_arguments, main, parse_model_kwargs, run_train, state_digest
+from timm_sknet.synthetic_data import write_image_folder
+from timm_sknet.train import _Dist, _validate_args, add_train_arguments, run_train, state_digest
+from timm_sknet.train_checkpoint import TRAINING_STATE_FILE, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)', 'num_classes=4', '--image-size', '16',
-        '--batch-size', '16', '--workers', '0', '--lr', '0.02', '--seed', '3', '--device', 'cpu']
+from helpers import randomize_batchnorm
 
-
-def _args(*argv) -> argparse.Namespace:
-    return add_train_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
-
-
-def _digest(folder: Path, rank: int = 0) -> str:
-    return (folder / f'rank{rank}.sha256').read_text().strip()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--model', 'sknet_tiny', '--model-kwargs', 'layers=(1,1,1,1)', 'channels=(8,16,32,64)', 'stem_width=8',
+        '--img-size', '32', '--workers', '0', '--log-interval', '0']
 
 
-@pytest.fixture(scope='module')
-def two_epochs(tmp_path_factory):
-    """An uninterrupted 2-epoch run with EMA; its digest is the in-memory state at the end."""
-    out = tmp_path_factory.mktemp('run')
-    metrics = run_train(_args(*TINY, '--synthetic', 32, '--epochs', 2, '--model-ema', '--model-ema-decay', 0.5,
-                              '--output', out, '--write-state-digest', out / 'digest'))
-    return out, metrics
+def _args(out: Path, *extra: str) -> argparse.Namespace:
+    argv = [*TINY, '--output', str(out), '--synthetic-train-size', '64', '--synthetic-val-size', '32',
+            '--batch-size', '16', '--epochs', '2', *extra]
+    return add_train_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
-def test_two_epochs_run_finite_and_log_each_epoch(two_epochs):
-    out, metrics = two_epochs
-    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
-    assert [r['epoch'] for r in log] == [1, 2] and metrics == log[-1]
-    for r in log:
-        assert all(torch.isfinite(torch.tensor(r[k])) for k in ('train_loss', 'val_loss', 'val_top1'))
-        assert 0 <= r['val_top1'] <= 100
-    assert log[1]['lr'] < log[0]['lr']  # cosine, stepped per epoch
-    assert sorted(p.name for p in (out / 'last').iterdir()) == [
-        'README.md', 'config.json', 'model.safetensors', 'train_state.pt']
-    assert not [p for p in out.iterdir() if p.name.startswith('.')]  # no staging folder left
+def _tiny_model(**kwargs):
+    return timm.create_model('sknet_tiny', layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, **kwargs)
 
 
-def test_last_loads_via_local_dir_with_the_trained_weights(two_epochs):
-    """local-dir: gives back exactly the in-memory weights, and its recorded preprocessing reproduces val top-1."""
-    out, metrics = two_epochs
-    model = timm.create_model(f'local-dir:{out / "last"}', pretrained=True).eval()
-    assert model.num_classes == 4 and len(model.layer1) == 1
-    assert state_digest(model.state_dict()) == _digest(out / 'digest')
-    config = resolve_data_config({}, model=model)
-    assert config['input_size'] == (3, 16, 16)
-    val = SyntheticShapes(8, 16, seed=3, split='validation', num_classes=4, transform=create_transform(**config))
-    x = torch.stack([val[i][0] for i in range(len(val))])
-    y = torch.tensor(val.targets)
+def test_training_reduces_the_loss(tmp_path):
+    # disks vs squares, large objects, 32 images seen 12 times: the loss must fall well below its start
+    summary = run_train(_args(tmp_path, '--synthetic-classes', '2', '--synthetic-scale-range', '0.6', '0.9',
+                              '--synthetic-train-size', '32', '--epochs', '12', '--lr', '3e-3', '--warmup-epochs', '0',
+                              '--weight-decay', '0', '--no-aug', '--smoothing', '0'))
+    history = json.loads((tmp_path / 'summary.json').read_text())['final']
+    assert summary['complete'] and history['epoch'] == 12
+    rows = (tmp_path / 'metrics.csv').read_text().splitlines()
+    losses = [float(r.split(',')[1]) for r in rows[1:]]
+    assert len(losses) == 12
+    assert sum(losses[-2:]) / 2 < 0.8 * losses[0], f'train loss did not go down: {losses}'
+
+
+def test_model_folder_loads_back_through_timm_local_dir(tmp_path):
+    summary = run_train(_args(tmp_path, '--model-ema'))
+    folder = tmp_path / 'model'
+    assert {p.name for p in folder.iterdir()} == {'config.json', 'model.safetensors'}
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'sknet_tiny'
+    assert config['label_names'] == summary['classes']
+    assert config['pretrained_cfg']['input_size'] == [3, 32, 32]
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    # exactly the weights the run ended with (the EMA, digest taken in memory before saving)
+    assert state_digest(loaded) == summary['state_digest']
+    assert loaded.pretrained_cfg['crop_pct'] == 1.0
+
+
+def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
+    model = randomize_batchnorm(_tiny_model(num_classes=5)).eval()
+    save_checkpoint(tmp_path / 'ckpt', model, {'epoch': 1}, label_names=list('abcde'))
+    loaded = timm.create_model(f'local-dir:{tmp_path / "ckpt"}', pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        logits = model(x)
-    assert torch.isfinite(logits).all()
-    top1 = 100.0 * (logits.argmax(1) == y).float().mean().item()
-    assert top1 == pytest.approx(metrics['val_top1'])
-    card = (out / 'last' / 'README.md').read_text()
-    assert 'library_name: timm' in card and 'ra_in1k' not in (out / 'last' / 'config.json').read_text()
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.pretrained_cfg['label_names'] == list('abcde')
+    assert torch.load(tmp_path / 'ckpt' / TRAINING_STATE_FILE, weights_only=True) == {'epoch': 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')], 'no temporary folders left behind'
 
 
-def test_ema_folder_holds_different_weights(two_epochs):
-    out, _ = two_epochs
-    last = load_file(str(out / 'last' / 'model.safetensors'))
-    ema = load_file(str(out / 'ema' / 'model.safetensors'))
-    assert last.keys() == ema.keys()
-    assert any(not torch.equal(last[k], ema[k]) for k in last if last[k].is_floating_point())
-    loaded = timm.create_model(f'local-dir:{out / "ema"}', pretrained=True)
-    assert state_digest(loaded.state_dict()) == state_digest(ema)
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    extra = ('--model-ema', '--model-ema-decay', '0.9', '--epochs', '3')
+    straight = run_train(_args(tmp_path / 'straight', *extra))
+    first = run_train(_args(tmp_path / 'split', *extra, '--stop-after-epoch', '1'))
+    assert not first['complete'] and not (tmp_path / 'split' / 'model').exists()
+    state = torch.load(tmp_path / 'split' / 'checkpoint' / TRAINING_STATE_FILE, weights_only=True)
+    assert state['epoch'] == 1 and state['num_updates'] == 4  # 64 images / batch 16
+    resumed = run_train(_args(tmp_path / 'split', *extra, '--resume', str(tmp_path / 'split')))
+    assert resumed['complete']
 
-
-def test_resume_continues_exactly(two_epochs, tmp_path):
-    """1 epoch, stop, resume for the 2nd: the same weights (and EMA) as the uninterrupted 2-epoch run."""
-    ref, ref_metrics = two_epochs
-    common = [*TINY, '--synthetic', 32, '--epochs', 2, '--model-ema', '--model-ema-decay', 0.5, '--output', tmp_path]
-    first = run_train(_args(*common, '--epochs-per-run', 1))
-    assert first['epoch'] == 1 and torch.load(tmp_path / 'last' / 'train_state.pt', weights_only=False)['epoch'] == 0
-    second = run_train(_args(*common, '--resume', tmp_path / 'last', '--write-state-digest', tmp_path / 'digest'))
-    assert second['epoch'] == 2
-    assert _digest(tmp_path / 'digest') == _digest(ref / 'digest')
-    for sub in ('last', 'ema'):
-        a = load_file(str(tmp_path / sub / 'model.safetensors'))
-        b = load_file(str(ref / sub / 'model.safetensors'))
-        assert all(torch.equal(a[k], b[k]) for k in b)
-    for k in ('train_loss', 'val_loss', 'val_top1', 'lr'):
-        assert second[k] == ref_metrics[k]
-
-
-def test_image_folder_with_amp_grad_checkpointing_adamw_step(tmp_path):
-    data = write_image_folder(tmp_path / 'data', {'train': 16, 'validation': 8}, image_size=16, num_classes=4)
-    metrics = run_train(_args(*TINY, '--data-dir', data, '--epochs', 1, '--batch-size', 8, '--amp',
-                              '--grad-checkpointing', '--opt', 'adamw', '--lr', 1e-3, '--sched', 'step',
-                              '--output', tmp_path / 'out'))
-    assert metrics['epoch'] == 1 and torch.isfinite(torch.tensor(metrics['train_loss']))
-    model = timm.create_model(f'local-dir:{tmp_path / "out" / "last"}', pretrained=True)
-    assert model.num_classes == 4
-
-
-def test_bad_input_gives_a_clear_error(tmp_path, capsys):
-    (tmp_path / 'data' / 'train').mkdir(parents=True)
-    assert main([*TINY, '--data-dir', str(tmp_path / 'data'), '--output', str(tmp_path / 'out')]) == 2
-    assert 'validation/' in capsys.readouterr().err
-    assert main([*TINY, '--synthetic', '16', '--sync-bn', '--output', str(tmp_path / 'out')]) == 2
-    assert 'CUDA' in capsys.readouterr().err
-    with pytest.raises(ValueError, match='key=value'):
-        parse_model_kwargs(['layers'])
-    assert parse_model_kwargs(['layers=(1,2)', 'stem_type=deep']) == {'layers': (1, 2), 'stem_type': 'deep'}
-    assert not (tmp_path / 'out' / 'last').exists()
-
-
-def test_sync_batchnorm_conversion_reaches_every_batchnorm():
-    model = timm.create_model('sknet18', layers=(1, 1, 1, 1), num_classes=4)
-    n_attn = sum(isinstance(m, SelectiveKernelAttn) for m in model.modules())
-    n_act = sum(isinstance(m, BatchNormAct2d) for m in model.modules())
-    keys = model.state_dict().keys()
-    model = convert_sync_batchnorm(model)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
-    attn = [m for m in model.modules() if isinstance(m, SelectiveKernelAttn)]
-    assert len(attn) == n_attn == 4 and all(type(m.bn) is torch.nn.SyncBatchNorm for m in attn)
-    assert sum(isinstance(m, SyncBatchNormAct) for m in model.modules()) == n_act > 0
-    assert model.state_dict().keys() == keys  # checkpoints stay interchangeable
+    a, b = (load_file(tmp_path / run / 'checkpoint' / 'model.safetensors') for run in ('straight', 'split'))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = (torch.load(tmp_path / run / 'checkpoint' / TRAINING_STATE_FILE, weights_only=True)
+              for run in ('straight', 'split'))
+    assert sa['num_updates'] == sb['num_updates'] == 12
+    steps = {int(v['step']) for v in sb['optimizer']['state'].values()}
+    assert steps == {12}, 'optimizer step count restored and continued'
+    for pid, va in sa['optimizer']['state'].items():
+        for name, t in va.items():
+            assert torch.equal(t, sb['optimizer']['state'][pid][name]), (pid, name)
+    for k in sa['ema']:
+        assert torch.equal(sa['ema'][k], sb['ema'][k]), k
+    assert sa['scheduler'] == sb['scheduler']
+    assert straight['state_digest'] == resumed['state_digest']
 
 
 def _free_port() -> int:
@@ -145,16 +114,79 @@ def _free_port() -> int:
 
 
 def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
-    """Ranks see different shards; only DDP's gradient all-reduce keeps their weights bit-identical."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-           '--master_port', str(_free_port()), '-m', 'timm_sknet.train', *TINY, '--synthetic', '32',
-           '--batch-size', '8', '--epochs', '1', '--model-ema', '--output', str(tmp_path / 'out'),
-           '--write-state-digest', str(tmp_path / 'digest')]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _digest(tmp_path / 'digest', 0) == _digest(tmp_path / 'digest', 1)
-    assert proc.stdout.count('epoch 1/1') == 1  # rank 0 logs
-    assert '2 process(es)' in proc.stdout
-    loaded = timm.create_model(f'local-dir:{tmp_path / "out" / "last"}', pretrained=True)
-    assert state_digest(loaded.state_dict()) == _digest(tmp_path / 'digest', 0)
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', '2',
+           '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
+           '-m', 'timm_sknet.train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
+           '--synthetic-val-size', '16', '--batch-size', '8', '--epochs', '1', '--model-ema', '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo', PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['world_size'] == 2
+    digests = summary['rank_state_digests']
+    assert len(digests) == 2 and digests[0] == digests[1], digests
+    # 64 images over 2 processes at batch 8: 4 synchronised steps, not 8 independent ones
+    state = torch.load(out / 'checkpoint' / TRAINING_STATE_FILE, weights_only=True)
+    assert state['num_updates'] == 4
+    loaded = timm.create_model(f'local-dir:{out / "model"}', pretrained=True)
+    assert state_digest(loaded) == digests[0]
+
+
+def test_sync_batchnorm_reaches_every_norm_including_the_sk_attention():
+    model = randomize_batchnorm(_tiny_model())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = convert_sync_batchnorm(model)
+    attn_bns = [m.bn for m in converted.modules() if isinstance(m, SelectiveKernelAttn)]
+    assert attn_bns and all(type(bn) is torch.nn.SyncBatchNorm for bn in attn_bns)
+    norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(m, (torch.nn.SyncBatchNorm, SyncBatchNormAct)) for m in norms)
+    assert not any(type(m) in (torch.nn.BatchNorm2d, BatchNormAct2d) for m in norms)
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_sync_bn_on_cpu_processes_is_refused_with_a_remedy(tmp_path):
+    with pytest.raises(ValueError, match='--sync-bn needs GPU'):
+        _validate_args(_args(tmp_path, '--sync-bn'), _Dist(rank=0, world_size=2), torch.device('cpu'))
+
+
+def test_imagefolder_with_amp_bf16_grad_checkpointing_channels_last(tmp_path):
+    root = write_image_folder(tmp_path / 'data', {'train': 32, 'val': 16}, image_size=32, num_classes=3)
+    summary = run_train(_args(tmp_path / 'run', '--data-dir', str(root), '--val-split', 'val', '--epochs', '1',
+                              '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing', '--channels-last'))
+    assert summary['complete'] and summary['classes'] == ['disk', 'square', 'triangle']
+    assert summary['final']['train_loss'] == pytest.approx(summary['final']['train_loss'])  # finite
+    config = json.loads((tmp_path / 'run' / 'model' / 'config.json').read_text())
+    assert config['num_classes'] == 3 and config['label_names'] == ['disk', 'square', 'triangle']
+
+
+def test_fine_tune_from_a_trained_folder_replaces_the_classifier(tmp_path):
+    run_train(_args(tmp_path / 'base', '--epochs', '1'))
+    base = tmp_path / 'base' / 'model'
+    summary = run_train(_args(tmp_path / 'ft', '--model', f'local-dir:{base}', '--pretrained',
+                              '--synthetic-classes', '3', '--epochs', '1'))
+    loaded = timm.create_model(f'local-dir:{tmp_path / "ft" / "model"}', pretrained=True)
+    assert summary['classes'] == ['disk', 'square', 'triangle'] and loaded.num_classes == 3
+    base_sd = load_file(base / 'model.safetensors')
+    assert base_sd['fc.weight'].shape[0] == 8 and loaded.fc.weight.shape[0] == 3
+
+
+@pytest.mark.parametrize('extra, error, match', [
+    (('--batch-size', '1'), ValueError, 'batch-size must be >= 2'),
+    (('--data-dir', '/nonexistent/folder'), FileNotFoundError, 'is not a folder'),
+    (('--resume', '/nonexistent/run'), FileNotFoundError, 'no checkpoint to resume'),
+    (('--synthetic-train-size', '8'), ValueError, 'less than one batch'),
+])
+def test_bad_options_are_explained(tmp_path, extra, error, match):
+    with pytest.raises(error, match=match):
+        run_train(_args(tmp_path, *extra))
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path):
+    run_train(_args(tmp_path / 'a', '--epochs', '2', '--stop-after-epoch', '1'))
+    args = _args(tmp_path / 'b', '--resume', str(tmp_path / 'a'))
+    args.model, args.model_kwargs = 'sknet18', {}
+    with pytest.raises(ValueError, match='resume with --model sknet_tiny'):
+        run_train(args)

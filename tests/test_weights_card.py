@@ -16,7 +16,21 @@ def _row(tag: str) -> str:
     return rows[0]
 
 
-@pytest.mark.parametrize('tag', timm.list_pretrained('sknet*'))
+TIMM_SOURCED = [t for t in timm.list_pretrained('sknet*') if timm.models.get_pretrained_cfg(t).hf_hub_id]
+
+
+def test_every_pretrained_tag_is_on_the_card():
+    for tag in timm.list_pretrained('sknet*'):
+        _row(tag)
+
+
+def test_embedded_weights_digest_on_the_card_is_the_files():
+    from timm_sknet.hub_weights import sha256_file
+    cfg = timm.models.get_pretrained_cfg('sknet_tiny.synthetic')
+    assert sha256_file(cfg.file) in _row('sknet_tiny.synthetic')
+
+
+@pytest.mark.parametrize('tag', TIMM_SOURCED)
 def test_every_pretrained_tag_has_a_true_row(tag):
     name = tag.split('.')[0]
     cfg = timm.models.get_pretrained_cfg(tag)

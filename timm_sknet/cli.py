@@ -327,16 +327,11 @@ def _add_attention_parser(sub) -> None:
 
 
 def _cmd_main_job(args: argparse.Namespace) -> int:
+    """The main job, offline: the model table, then the embedded model's predictions and scale analysis."""
+    from .main_job import run_main_job
     print(model_table())
-    model = timm.create_model(args.model).eval()
-    size = model.pretrained_cfg['input_size']
-    x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    with torch.inference_mode():
-        logits = model(x)
-    elapsed = time.perf_counter() - start
-    print(f'\n{args.model} (random init) forward of 1x{"x".join(map(str, size))}: '
-          f'logits {tuple(logits.shape)}, finite={bool(torch.isfinite(logits).all())}, {elapsed * 1e3:.0f} ms')
+    print()
+    run_main_job(args.out)
     return 0
 
 
@@ -364,7 +359,8 @@ SUBCOMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-sknet', description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='sknet50', help='model for the main job (default: sknet50)')
+    parser.add_argument('--out', default='output/main_job',
+                        help='folder for the main job\'s CSVs and plot (default: output/main_job)')
     parser.set_defaults(func=_cmd_main_job)
     sub = parser.add_subparsers(title='commands')
     for add in SUBCOMMANDS:

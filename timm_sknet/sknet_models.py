@@ -12,6 +12,7 @@ not called ``sknet``: timm records a model's module by its last dotted name and 
 | sknet50  | ResNeXt-50 32x4d, SKBlock  | 3-4-6-3  | paper: 3x3 + 3x3 dil 2, d = max(C/16, 32)  |
 | sknet101 | ResNeXt-101 32x4d, SKBlock | 3-4-23-3 | paper                                      |
 | sknet152 | ResNeXt 32x4d, SKBlock     | 3-8-36-3 | paper                                      |
+| sknet_tiny | sknet18 at 1/4 width     | 2-2-2-2  | as sknet18; ships with weights (synthetic) |
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
@@ -21,6 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
+from .embedded_model import EMBEDDED_CLASSES, WEIGHTS_FILE
 from .errors import WeightsError
 from .feature_extractors import feature_kwargs
 from .fusion import StemReparam
@@ -131,6 +133,12 @@ default_cfgs = generate_default_cfgs({
     'sknet50.ra_in1k': _timm_weights('skresnext50_32x4d.ra_in1k'),
     'sknet101.untrained': _cfg(),
     'sknet152.untrained': _cfg(),
+    # Embedded in the package (no download): 64x64 synthetic shapes, see timm_sknet/embedded_model.py.
+    'sknet_tiny.synthetic': _cfg(
+        file=str(WEIGHTS_FILE), num_classes=len(EMBEDDED_CLASSES), label_names=EMBEDDED_CLASSES,
+        input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, interpolation='bilinear',
+        notes=('Trained by timm-sknet on its synthetic multi-scale shapes (timm_sknet.synthetic_data); '
+               'a demonstration model for the offline main job, not an ImageNet model.',)),
 })
 
 # SK settings of the two families: timm's split-input basic blocks, and the paper's ResNeXt units.
@@ -150,6 +158,16 @@ def sknet34(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNet-34: basic blocks, input split across 2 paths (timm's skresnet34 layout)."""
     model_args = dict(layers=(3, 4, 6, 3), **_BASIC_SK)
     return _create_sknet('sknet34', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
+    """sknet18 at a quarter of the width (stem 16, stages 16-32-64-128): 0.74M params, for small images.
+
+    Its ``synthetic`` weights ship inside the package, so it runs with no network.
+    """
+    model_args = dict(layers=(2, 2, 2, 2), channels=(16, 32, 64, 128), stem_width=16, **_BASIC_SK)
+    return _create_sknet('sknet_tiny', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -1,25 +1,33 @@
-"""Train or fine-tune an SKNet: ``python -m timm_sknet.train`` (and ``timm-sknet train``).
+"""``timm-sknet train``: train or fine-tune any sknet on an ImageFolder or on the built-in synthetic shapes.
 
-One process on a CPU or GPU, or many under ``torchrun`` (DDP, optional SyncBatchNorm). timm supplies the
-data pipeline (``create_dataset``, ``create_transform``), optimizer (``create_optimizer_v2``), scheduler
-(``create_scheduler_v2``, stepped per epoch) and EMA (``ModelEmaV3``). Every epoch, rank 0 writes
-``OUTPUT/last/`` as a Hub folder (``config.json`` + ``model.safetensors`` + card, loadable with
-``timm.create_model('local-dir:OUTPUT/last', pretrained=True)``) holding also ``train_state.pt``
-(optimizer, scheduler, epoch, EMA, GradScaler), and ``OUTPUT/ema/`` with the EMA weights. ``--resume OUTPUT/last``
-continues at the next epoch. Randomness is re-seeded from ``(seed, epoch, rank)`` at every epoch, so a resumed
-run follows the same trajectory as an uninterrupted one.
+One process on CPU or GPU, or many with ``torchrun`` (DistributedDataParallel: gloo on CPU, nccl on
+GPU). Data, augmentation, optimizer, scheduler, EMA and losses are timm's own factories, so every timm
+option name means what it means in timm's ``train.py``.
+
+Output folder::
+
+    checkpoint/   config.json + model.safetensors (Hub layout) + training_state.pt, after every epoch
+    model/        the final weights in Hub layout (EMA weights with --model-ema): load them with
+                  timm.create_model('local-dir:<output>/model', pretrained=True)
+    metrics.csv   one row per epoch
+    summary.json  final metrics, timing, and the weight digest of every process
+
+Resuming (``--resume <output or checkpoint folder>``) restores weights, optimizer, scheduler, EMA, grad
+scaler and epoch. Each epoch's randomness (shuffling, augmentation, drop-path) is seeded from
+``(--seed, epoch, rank)`` and loader workers are not kept across epochs, so a resumed run continues
+exactly as the uninterrupted run would have (bit-exact on CPU with a fixed thread count).
 """
 import argparse
-import ast
+import csv
 import hashlib
 import json
 import math
 import os
 import random
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,387 +35,509 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Subset
 
 import timm
-from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data import Mixup, create_dataset, create_loader, create_transform, resolve_data_config
 from timm.layers import convert_sync_batchnorm
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, ParseKwargs, dispatch_clip_grad, distribute_bn
 
-from . import sknet_models  # noqa: F401  (registers the sknet architectures)
-from .errors import WeightsError
-from .hub_format import _replace_dir, export_hub_folder
-from .hub_weights import WEIGHTS_FILENAME
-from .synthetic_data import CLASSES, SyntheticShapes
+from .synthetic_data import CLASSES, DEFAULT_SCALE_RANGE, SyntheticShapes
+from .train_checkpoint import load_checkpoint, resolve_resume_path, save_checkpoint
 
-__all__ = ['add_train_arguments', 'run_train', 'main', 'parse_model_kwargs', 'state_digest']
+__all__ = ['add_train_arguments', 'run_train', 'state_digest', 'main']
 
-TRAIN_STATE = 'train_state.pt'
-SYNTHETIC_IMAGE_SIZE = 64
+SYNTHETIC_IMG_SIZE = 64
 
 
-def parse_model_kwargs(items: Sequence[str]) -> Dict[str, Any]:
-    """``['layers=(1,1,1,1)', 'num_classes=4']`` -> dict; values are Python literals, else plain strings."""
-    kwargs = {}
-    for item in items or ():
-        key, sep, value = item.partition('=')
-        if not sep or not key.isidentifier():
-            raise ValueError(f'--model-kwargs expects key=value pairs such as layers=(1,1,1,1), got {item!r}')
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value  # e.g. stem_type=deep
-    return kwargs
+# ----------------------------------------------------------------------------------------------------
+# arguments
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the training options to ``parser`` (shared by ``timm-sknet train`` and ``python -m timm_sknet.train``)."""
+    """Add the training options to ``parser`` (the ``train`` subcommand uses this)."""
     g = parser.add_argument_group('model')
-    g.add_argument('--model', default='sknet18', help='registered sknet name (default: sknet18)')
-    g.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V',
-                   help='extra timm.create_model arguments as Python literals, e.g. layers=(1,1,1,1) num_classes=4')
-    g.add_argument('--pretrained', action='store_true', help='start from the pretrained weights (head resized)')
-    g.add_argument('--grad-checkpointing', action='store_true', help='recompute activations to save memory')
-    g = parser.add_argument_group('data (one of --data-dir / --synthetic)')
-    src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument('--data-dir', metavar='DIR', help='ImageFolder root with train/ and validation/ (or val/)')
-    src.add_argument('--synthetic', type=int, metavar='N',
-                     help='built-in SyntheticShapes: N training and N//4 validation images')
-    g.add_argument('--image-size', type=int, default=None,
-                   help=f'training/eval resolution (default: the model\'s, {SYNTHETIC_IMAGE_SIZE} for --synthetic)')
-    g.add_argument('--no-aug', action='store_true', help='no training augmentation (eval transform for training)')
-    g.add_argument('--workers', type=int, default=2, help='data loader processes per rank (default: 2)')
+    g.add_argument('--model', default='sknet_tiny',
+                   help='any timm model name, e.g. sknet50, or hf-hub:/local-dir: sources (default: sknet_tiny)')
+    g.add_argument('--pretrained', action='store_true',
+                   help='start from the pretrained weights of --model (fine-tuning); the classifier is '
+                        'replaced when the number of classes differs')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='extra timm.create_model kwargs, e.g. channels="(16,32,64,128)" layers="(1,1,1,1)"')
+    g.add_argument('--drop', type=float, default=0.0, help='classifier dropout rate')
+    g.add_argument('--drop-path', type=float, default=0.0, help='stochastic depth rate')
+    g.add_argument('--grad-checkpointing', action='store_true', help='trade compute for activation memory')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory format')
+
+    g = parser.add_argument_group('data')
+    g.add_argument('--data-dir', default=None,
+                   help='ImageFolder root with train/ and validation/ (or val/) class folders; '
+                        'omit to train on the built-in synthetic shapes')
+    g.add_argument('--train-split', default='train')
+    g.add_argument('--val-split', default='validation')
+    g.add_argument('--synthetic-train-size', type=int, default=8000)
+    g.add_argument('--synthetic-val-size', type=int, default=1000)
+    g.add_argument('--synthetic-classes', type=int, default=len(CLASSES), help=f'2..{len(CLASSES)} shapes')
+    g.add_argument('--synthetic-seed', type=int, default=0, help='seed of the synthetic images')
+    g.add_argument('--synthetic-scale-range', type=float, nargs=2, default=DEFAULT_SCALE_RANGE, metavar=('MIN', 'MAX'),
+                   help='object size range as a fraction of the image side')
+    g.add_argument('--img-size', type=int, default=None,
+                   help=f'input size (default: the model\'s pretrained_cfg; {SYNTHETIC_IMG_SIZE} for synthetic data)')
+    g.add_argument('--crop-pct', type=float, default=None, help='eval centre-crop fraction (synthetic: 1.0)')
+    g.add_argument('--interpolation', default=None, help='resize interpolation (default: the model\'s)')
+    g.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    g.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    g.add_argument('--workers', type=int, default=1, help='data loader worker processes per training process')
+
+    g = parser.add_argument_group('augmentation and regularisation (timm names)')
+    g.add_argument('--no-aug', action='store_true', help='no training augmentation')
+    g.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0), metavar=('MIN', 'MAX'),
+                   help='RandomResizedCrop area range')
+    g.add_argument('--ratio', type=float, nargs=2, default=(3. / 4., 4. / 3.), metavar=('MIN', 'MAX'))
+    g.add_argument('--hflip', type=float, default=0.5)
+    g.add_argument('--color-jitter', type=float, default=0.4)
+    g.add_argument('--aa', default=None, help='AutoAugment policy, e.g. rand-m9-mstd0.5')
+    g.add_argument('--reprob', type=float, default=0.0, help='random erasing probability')
+    g.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0 = off)')
+    g.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (0 = off)')
+    g.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
+
     g = parser.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=int, default=10, help='total epochs of the schedule (default: 10)')
-    g.add_argument('--epochs-per-run', type=int, default=None, metavar='N',
-                   help='stop after N epochs in this invocation, leaving a resumable checkpoint (for time-limited jobs)')
-    g.add_argument('--batch-size', type=int, default=32, help='per-process batch size (default: 32)')
-    g.add_argument('--lr', type=float, default=None, help='learning rate (default: timm\'s for --opt)')
-    g.add_argument('--opt', default='sgd', help='timm optimizer name: sgd, adamw, lamb, ... (default: sgd)')
-    g.add_argument('--weight-decay', type=float, default=1e-4, help='(default: 1e-4)')
-    g.add_argument('--momentum', type=float, default=0.9, help='(default: 0.9)')
-    g.add_argument('--sched', default='cosine',
-                   help='timm scheduler, stepped per epoch: cosine, step, multistep, poly, tanh, plateau, or none')
-    g.add_argument('--warmup-epochs', type=int, default=0, help='(default: 0)')
-    g.add_argument('--min-lr', type=float, default=0.0, help='(default: 0)')
-    g.add_argument('--amp', action='store_true',
-                   help='mixed precision: bfloat16 autocast on CPU, float16 autocast + GradScaler on CUDA')
-    g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (written to OUTPUT/ema/)')
-    g.add_argument('--model-ema-decay', type=float, default=0.998, help='(default: 0.998)')
-    g.add_argument('--seed', type=int, default=0, help='seeds init, data order, augmentation, synthetic data')
+    g.add_argument('--epochs', type=int, default=10)
+    g.add_argument('--batch-size', '-b', type=int, default=64, help='batch size per process')
+    g.add_argument('--opt', default='adamw', help='any timm optimizer name (default: adamw)')
+    g.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
+    g.add_argument('--weight-decay', type=float, default=0.05)
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay (fine-tuning)')
+    g.add_argument('--clip-grad', type=float, default=None, help='gradient norm clipping')
+    g.add_argument('--sched', default='cosine', help='any timm scheduler name (default: cosine)')
+    g.add_argument('--warmup-epochs', type=int, default=1)
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--min-lr', type=float, default=1e-5)
+    g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights; it is what gets exported')
+    g.add_argument('--model-ema-decay', type=float, default=0.998)
+    g.add_argument('--model-ema-warmup', action='store_true',
+                   help='ramp the EMA decay up from 0 (timm ModelEmaV3 use_warmup) so short runs forget the init')
+    g.add_argument('--amp', action='store_true', help='mixed precision with torch.autocast')
+    g.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
+                   help='autocast dtype (bfloat16 works on CPU and recent GPUs; float16 adds a grad scaler)')
+
     g = parser.add_argument_group('run')
-    g.add_argument('--output', metavar='DIR', required=True, help='checkpoint folder (last/, ema/, log.jsonl)')
-    g.add_argument('--resume', metavar='DIR', help='a last/ folder written by this command: continue its training')
+    g.add_argument('--output', default='output/train', help='output folder (default: output/train)')
+    g.add_argument('--resume', default=None, help='output or checkpoint folder of a run to continue')
+    g.add_argument('--stop-after-epoch', type=int, default=None,
+                   help='end this run after that epoch (for time-limited jobs); continue it with --resume')
+    g.add_argument('--seed', type=int, default=42)
     g.add_argument('--device', default=None, help='cpu, cuda, cuda:1, ... (default: cuda if available)')
-    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm across processes (CUDA, under torchrun)')
-    g.add_argument('--write-state-digest', metavar='DIR', help=argparse.SUPPRESS)  # tests: DIR/rank{r}.sha256
+    g.add_argument('--sync-bn', action='store_true',
+                   help='synchronise BatchNorm statistics across processes (GPU only; on CPU the '
+                        'statistics are averaged across processes after every epoch instead)')
+    g.add_argument('--log-interval', type=int, default=50, help='log every N steps (0 = per epoch only)')
     return parser
 
 
-# ---------------------------------------------------------------------------------------------- distributed
+# ----------------------------------------------------------------------------------------------------
+# processes
 
-def _init_distributed(device_arg: Optional[str]) -> Tuple[torch.device, int, int]:
-    """(device, rank, world_size); joins the process group when launched by torchrun."""
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_processes(device_arg: Optional[str]) -> Tuple[_Dist, torch.device]:
+    """Read torchrun's environment, pick the device, and join the process group when there is one."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    device = torch.device(device_arg or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if world_size > 1:
-        if device.type == 'cuda':
-            local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-            device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return device, rank, world_size
+    info = _Dist(int(os.environ.get('RANK', '0')), world_size, int(os.environ.get('LOCAL_RANK', '0')))
+    if device_arg is None:
+        device_arg = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(device_arg)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError('--device cuda was asked for, but torch sees no CUDA device; use --device cpu')
+        if info.enabled:
+            device = torch.device('cuda', info.local_rank)
+        torch.cuda.set_device(device)
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo', init_method='env://')
+    return info, device
 
 
-def _all_reduce_sums(values: List[float], device: torch.device, world_size: int) -> List[float]:
-    if world_size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+def _log(info: _Dist, message: str) -> None:
+    if info.primary:
+        print(message, flush=True)
 
 
-def _seed_all(seed: int, epoch: int, rank: int) -> int:
-    """Re-seed python/torch RNGs from (seed, epoch, rank): a resumed epoch draws what an uninterrupted one would."""
-    s = (seed * 1_000_003 + epoch * 1009 + rank) % (2 ** 63)
-    random.seed(s)
-    torch.manual_seed(s)
-    return s
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2 ** 32)
+    except ImportError:  # numpy is optional for us; timm's Mixup needs it
+        pass
 
 
-# ---------------------------------------------------------------------------------------------- data
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Distinct, reproducible seed per (run seed, epoch, process)."""
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
 
-def _datasets(args: argparse.Namespace, num_classes: Optional[int]) -> Tuple[Dataset, Dataset, int]:
-    if args.synthetic is not None:
-        n = num_classes if num_classes is not None else len(CLASSES)
-        if args.synthetic < 4:
-            raise ValueError(f'--synthetic N needs N >= 4 (N//4 validation images), got {args.synthetic}')
-        size = args.image_size or SYNTHETIC_IMAGE_SIZE
-        train = SyntheticShapes(args.synthetic, size, seed=args.seed, split='train', num_classes=n)
-        val = SyntheticShapes(args.synthetic // 4, size, seed=args.seed, split='validation', num_classes=n)
-        return train, val, n
+
+# ----------------------------------------------------------------------------------------------------
+# data
+
+
+def _build_datasets(args: argparse.Namespace):
+    """(train, validation, class names); the synthetic set is used when no --data-dir is given."""
+    if args.data_dir is None:
+        kw = dict(image_size=args.img_size or SYNTHETIC_IMG_SIZE, seed=args.synthetic_seed,
+                  num_classes=args.synthetic_classes, scale_range=tuple(args.synthetic_scale_range))
+        train = SyntheticShapes(args.synthetic_train_size, split='train', **kw)
+        val = SyntheticShapes(args.synthetic_val_size, split='validation', **kw)
+        return train, val, list(train.classes)
     root = Path(args.data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f'--data-dir {root} is not a folder.')
-    if not (root / 'train').is_dir() or not any((root / s).is_dir() for s in ('validation', 'val')):
-        raise FileNotFoundError(
-            f'--data-dir {root} needs train/ and validation/ (or val/) subfolders, one folder per class in each.')
-    train = create_dataset('', root=str(root), split='train')
-    val = create_dataset('', root=str(root), split='validation')
-    classes = train.reader.class_to_idx
-    if val.reader.class_to_idx != classes:
-        raise ValueError(f'{root}: train/ and validation/ hold different class folders; they must match.')
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f'{root}: train/ or validation/ holds no images.')
-    if num_classes is not None and num_classes != len(classes):
-        raise ValueError(f'--model-kwargs num_classes={num_classes} but {root} has {len(classes)} classes; '
-                         f'drop num_classes to use the dataset\'s.')
-    return train, val, len(classes)
+        raise FileNotFoundError(f'--data-dir {root} is not a folder; give an ImageFolder root '
+                                f'(with {args.train_split}/ and {args.val_split}/ class folders)')
+    train = create_dataset('', root=str(root), split=args.train_split, is_training=True)
+    val = create_dataset('', root=str(root), split=args.val_split, is_training=False)
+    classes = _class_names(train)
+    if _class_names(val) != classes:
+        raise ValueError(f'the classes of {args.val_split} ({_class_names(val)}) differ from those of '
+                         f'{args.train_split} ({classes}); both splits need the same class folders')
+    if len(classes) < 2:
+        raise ValueError(f'{root} has {len(classes)} class folder(s) in {args.train_split}; need at least 2')
+    return train, val, classes
 
 
-def _transforms(model: nn.Module, image_size: int, no_aug: bool):
-    cfg = resolve_data_config({}, model=model)
-    cfg['input_size'] = (cfg['input_size'][0], image_size, image_size)
-    eval_tf = create_transform(**cfg, is_training=False)
-    if no_aug:
-        return eval_tf, eval_tf, cfg
-    aug = {k: v for k, v in cfg.items() if k not in ('crop_pct', 'crop_mode')}
-    # light: random crops keeping >= 50% of the area, flips; no colour jitter (colour is part of the shapes data)
-    train_tf = create_transform(**aug, is_training=True, scale=(0.5, 1.0), hflip=0.5, color_jitter=None)
-    return train_tf, eval_tf, cfg
+def _class_names(dataset) -> List[str]:
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if not class_to_idx:
+        raise ValueError(f'cannot read class names from {dataset!r}; expected an ImageFolder-style dataset')
+    return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
+def _data_config(args: argparse.Namespace, model: nn.Module) -> Dict[str, Any]:
+    overrides: Dict[str, Any] = {}
+    img_size = args.img_size or (SYNTHETIC_IMG_SIZE if args.data_dir is None else None)
+    if img_size:
+        overrides['input_size'] = (3, img_size, img_size)
+    crop_pct = args.crop_pct if args.crop_pct is not None else (1.0 if args.data_dir is None else None)
+    for key, value in (('crop_pct', crop_pct), ('interpolation', args.interpolation),
+                       ('mean', args.mean), ('std', args.std)):
+        if value is not None:
+            overrides[key] = tuple(value) if isinstance(value, list) else value
+    return resolve_data_config(overrides, model=model)
 
-def state_digest(state_dict: Dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes of a state dict (order-independent)."""
+
+# ----------------------------------------------------------------------------------------------------
+# model export metadata
+
+
+_WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'origin_url',
+                       'notes', 'description', 'label_names', 'label_descriptions', 'label_offset',
+                       'test_input_size', 'test_crop_pct', 'test_pool_size')
+
+
+def _set_export_cfg(model: nn.Module, data_cfg: Dict[str, Any], note: str) -> None:
+    """Make ``model.pretrained_cfg`` describe *these* weights, not the ones the model started from."""
+    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _WEIGHT_SOURCE_KEYS}
+    cfg.update({k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+                if k in data_cfg})
+    reduction = model.feature_info[-1]['reduction'] if getattr(model, 'feature_info', None) else 32
+    cfg['pool_size'] = tuple(math.ceil(s / reduction) for s in cfg['input_size'][1:])
+    cfg['num_classes'] = model.num_classes
+    cfg['notes'] = (note,)
+    model.pretrained_cfg = cfg
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names, dtypes, shapes, bytes): equal iff identical."""
     h = hashlib.sha256()
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
-        h.update(f'{k}|{t.dtype}|{tuple(t.shape)}|'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f'{name}|{t.dtype}|{tuple(t.shape)}|'.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
     return h.hexdigest()
 
 
-def _save_checkpoint(out: Path, model: nn.Module, ema: Optional[ModelEmaV3], state: Dict[str, Any],
-                     data_config: Dict[str, Any], description: str) -> None:
-    """OUTPUT/last/ (Hub folder + train_state.pt) replaced as a whole, then OUTPUT/ema/."""
-    staging = out / '.last.staging'
-    export_hub_folder(model, staging, data_config=data_config, overwrite=True, datasets=(),
-                      tags=('fine-tuned',), description=description)
-    tmp = staging / (TRAIN_STATE + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, staging / TRAIN_STATE)
-    _replace_dir(staging, out / 'last')
-    if ema is not None:
-        export_hub_folder(ema.module, out / 'ema', data_config=data_config, overwrite=True, datasets=(),
-                          tags=('fine-tuned', 'ema'), description=description + ' EMA of the weights.')
+# ----------------------------------------------------------------------------------------------------
+# loops
 
 
-def _load_resume(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    from safetensors.torch import load_file
-    if path.name != 'last' and (path / 'last').is_dir():
-        path = path / 'last'  # accept the --output folder too
-    weights, state = path / WEIGHTS_FILENAME, path / TRAIN_STATE
-    if not weights.is_file() or not state.is_file():
-        raise FileNotFoundError(f'--resume {path}: expected {WEIGHTS_FILENAME} and {TRAIN_STATE} there '
-                                f'(the last/ folder this command writes into --output).')
-    return load_file(str(weights)), torch.load(state, map_location='cpu', weights_only=False)
-
-
-# ---------------------------------------------------------------------------------------------- loop
-
-def _loader(ds: Dataset, args, shuffle: bool, world_size: int, rank: int, drop_last: bool) -> DataLoader:
-    sampler = DistributedSampler(ds, world_size, rank, shuffle=shuffle, seed=args.seed,
-                                 drop_last=drop_last) if world_size > 1 else None
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=args.workers, drop_last=drop_last, persistent_workers=False,
-                      pin_memory=False)
-
-
-def _evaluate(model: nn.Module, loader: DataLoader, device, autocast, world_size: int) -> Tuple[float, float]:
-    """(mean loss, top-1 %) over the whole validation set, summed across ranks."""
+def _evaluate(model: nn.Module, loader, device: torch.device, amp_ctx, info: _Dist) -> Tuple[float, float]:
+    """(mean loss, top-1 %) over the whole validation set, summed across processes."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0.0, 0.0
-    with torch.no_grad():
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    with torch.inference_mode():
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with autocast():
-                logits = model(x)
-            loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').item()
-            correct += (logits.argmax(1) == y).sum().item()
-            count += y.numel()
-    loss_sum, correct, count = _all_reduce_sums([loss_sum, correct, count], device, world_size)
+            with amp_ctx():
+                out = model(x)
+            totals[0] += nn.functional.cross_entropy(out.float(), y, reduction='sum')
+            totals[1] += (out.argmax(1) == y).sum()
+            totals[2] += y.numel()
+    if info.enabled:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
+def _validate_args(args: argparse.Namespace, info: _Dist, device: torch.device) -> None:
+    if args.batch_size < 2:
+        raise ValueError(f'--batch-size must be >= 2 per process (BatchNorm in the SK attention needs more '
+                         f'than one sample per batch), got {args.batch_size}')
+    if (args.mixup or args.cutmix) and args.batch_size % 2:
+        raise ValueError(f'--mixup/--cutmix need an even --batch-size, got {args.batch_size}')
+    if args.epochs < 1:
+        raise ValueError(f'--epochs must be >= 1, got {args.epochs}')
+    if args.sync_bn and info.enabled and device.type == 'cpu':
+        raise ValueError(
+            '--sync-bn needs GPU processes: torch.nn.SyncBatchNorm does not run on CPU. Drop --sync-bn; on '
+            'CPU the BatchNorm statistics are averaged across processes after every epoch.')
+    if args.amp and args.amp_dtype == 'float16' and device.type == 'cpu':
+        raise ValueError('--amp-dtype float16 is for GPUs; use --amp-dtype bfloat16 on CPU')
+
+
 def run_train(args: argparse.Namespace) -> Dict[str, Any]:
-    """Train as ``args`` say; returns the last epoch's metrics (identical on every rank)."""
-    device, rank, world_size = _init_distributed(args.device)
-    try:
-        return _run(args, device, rank, world_size)
-    finally:
-        if world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    """Run a training job described by ``args`` (from ``add_train_arguments``); return its summary.
 
+    Raises ValueError / FileNotFoundError with a remedy for bad options or data.
+    """
+    info, device = _setup_processes(args.device)
+    _validate_args(args, info, device)
+    output = Path(args.output)
+    _seed_everything(args.seed)
 
-def _run(args: argparse.Namespace, device: torch.device, rank: int, world_size: int) -> Dict[str, Any]:
-    if args.sync_bn and device.type != 'cuda':
-        raise ValueError('--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm has no CPU implementation); '
-                         'drop it for CPU training.')
-    if args.epochs < 1 or args.batch_size < 1:
-        raise ValueError('--epochs and --batch-size must be >= 1.')
-    log = print if rank == 0 else (lambda *a, **k: None)
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
-    train_ds, val_ds, num_classes = _datasets(args, model_kwargs.pop('num_classes', None))
-
-    _seed_all(args.seed, -1, 0)  # same initial weights on every rank
-    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **model_kwargs)
-    image_size = args.image_size or (SYNTHETIC_IMAGE_SIZE if args.synthetic else model.pretrained_cfg['input_size'][-1])
-    train_tf, eval_tf, data_config = _transforms(model, image_size, args.no_aug)
-    train_ds.transform, val_ds.transform = train_tf, eval_tf
+    train_ds, val_ds, class_names = _build_datasets(args)
+    num_classes = len(class_names)
+    create_kwargs = dict(args.model_kwargs)
+    if args.drop:
+        create_kwargs['drop_rate'] = args.drop
+    if args.drop_path:
+        create_kwargs['drop_path_rate'] = args.drop_path
+    model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **create_kwargs)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    # the weights we write are ours, not the tag's: keep preprocessing, drop the source weights' provenance
-    model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items()
-                            if k not in ('tag', 'hf_hub_id', 'url', 'file', 'origin_url', 'notes')}
-
-    resume_state = None
-    if args.resume:
-        weights, resume_state = _load_resume(Path(args.resume))
-        model.load_state_dict(weights, strict=True)
+    data_cfg = _data_config(args, model)
     model.to(device)
-    if args.sync_bn and world_size > 1:
-        model = convert_sync_batchnorm(model)
-    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.sync_bn and info.enabled:
+        model = convert_sync_batchnorm(model)  # plain BN (SK attention) and timm's BatchNormAct2d (paths)
+    elif args.sync_bn:
+        _log(info, '--sync-bn has no effect in a single process; ignored')
+    num_params = sum(p.numel() for p in model.parameters())
+
+    # data: timm's loader (augmentation, DistributedSampler) for training; an exact shard for validation
+    per_rank = len(train_ds) // info.world_size
+    if per_rank < args.batch_size:
+        raise ValueError(f'{len(train_ds)} training images over {info.world_size} process(es) give less than one '
+                         f'batch of {args.batch_size}; lower --batch-size or add data')
+    use_prefetcher = device.type == 'cuda'
+    loader_train = create_loader(
+        train_ds, input_size=data_cfg['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
+        color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob,
+        interpolation=data_cfg['interpolation'], mean=data_cfg['mean'], std=data_cfg['std'],
+        num_workers=args.workers, distributed=info.enabled, pin_memory=use_prefetcher, device=device,
+        use_prefetcher=use_prefetcher, persistent_workers=False)  # fresh workers: per-epoch seeding holds
+    val_ds.transform = create_transform(
+        data_cfg['input_size'], is_training=False, interpolation=data_cfg['interpolation'],
+        mean=data_cfg['mean'], std=data_cfg['std'], crop_pct=data_cfg['crop_pct'],
+        crop_mode=data_cfg.get('crop_mode'))
+    val_shard = Subset(val_ds, range(info.rank, len(val_ds), info.world_size))
+    loader_val = DataLoader(val_shard, batch_size=max(args.batch_size, 64), num_workers=args.workers)
 
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum)
-    train_loader = _loader(train_ds, args, True, world_size, rank, drop_last=True)
-    val_loader = _loader(val_ds, args, False, world_size, rank, drop_last=False)
-    if len(train_loader) == 0:
-        raise ValueError(f'{len(train_ds)} training images make no full batch of {args.batch_size} per process '
-                         f'({world_size} processes): lower --batch-size.')
-    scheduler = None
-    if args.sched != 'none':
-        scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
-                                           warmup_epochs=args.warmup_epochs, min_lr=args.min_lr,
-                                           step_on_epochs=True, updates_per_epoch=len(train_loader))
-    use_scaler = args.amp and device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda') if use_scaler else None
-    amp_dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
+                                    momentum=args.momentum, layer_decay=args.layer_decay)
+    updates_per_epoch = len(loader_train)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr, min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    amp_dtype = getattr(torch, args.amp_dtype)
+    amp_ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
+    scaler = torch.amp.GradScaler(device.type) if args.amp and amp_dtype == torch.float16 else None
+    ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if args.amp else nullcontext()
+    mixup = None
+    if args.mixup or args.cutmix:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                      num_classes=num_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
 
-    start_epoch = 0
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state['optimizer'])
-        if scheduler is not None and resume_state.get('scheduler') is not None:
-            if resume_state.get('epochs') == args.epochs and resume_state.get('sched') == args.sched:
-                scheduler.load_state_dict(resume_state['scheduler'])
-            else:
-                log(f'note: schedule rebuilt for --epochs {args.epochs} --sched {args.sched} '
-                    f'(the checkpoint was for {resume_state.get("epochs")} epochs, {resume_state.get("sched")})')
+    start_epoch, num_updates, history = 0, 0, []
+    if args.resume:
+        ckpt = resolve_resume_path(args.resume)
+        state = load_checkpoint(ckpt, model)
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        if scaler is not None and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
         if ema is not None:
-            if resume_state.get('ema') is not None:
-                ema.module.load_state_dict(resume_state['ema'])
-            else:
-                log('note: the checkpoint has no EMA; the EMA starts from the current weights')
-        if scaler is not None and resume_state.get('scaler') is not None:
-            scaler.load_state_dict(resume_state['scaler'])
-        start_epoch = int(resume_state['epoch']) + 1
-        log(f'resumed from {args.resume} at epoch {start_epoch + 1}')
-        if scheduler is not None and start_epoch > 0:
-            scheduler.step(start_epoch)
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    bare = model.module if isinstance(model, DistributedDataParallel) else model
+            if state.get('ema') is None:
+                raise ValueError(f'{ckpt} has no EMA weights (it was trained without --model-ema); drop '
+                                 f'--model-ema or start a new run')
+            ema.module.load_state_dict(state['ema'])
+        start_epoch, num_updates, history = state['epoch'], state['num_updates'], list(state['history'])
+        _log(info, f'resumed from {ckpt} at epoch {start_epoch}, step {num_updates}')
 
-    out = Path(args.output)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    end_epoch = args.epochs if args.epochs_per_run is None else min(args.epochs, start_epoch + args.epochs_per_run)
-    metrics: Dict[str, Any] = {'epoch': start_epoch}
-    if start_epoch >= args.epochs:
-        log(f'nothing to do: the checkpoint already finished {args.epochs} epochs')
-    steps_per_epoch = len(train_loader)
-    log(f'training {args.model} ({sum(p.numel() for p in bare.parameters()) / 1e6:.2f} M params, '
-        f'{num_classes} classes) on {len(train_ds)} images at {image_size}px, {world_size} process(es) on {device}, '
-        f'{steps_per_epoch} steps/epoch')
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.perf_counter()
-        _seed_all(args.seed, epoch, rank)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        model.train()
-        loss_sum, n_steps = 0.0, 0
-        for step, (x, y) in enumerate(train_loader):
-            x, y = x.to(device), y.to(device)
-            with autocast():
-                loss = nn.functional.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch + 1} step {step}: lower --lr.')
+    train_model = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None) if info.enabled else model
+
+    _log(info, f'{args.model}: {num_params / 1e6:.3f}M params, {num_classes} classes, '
+               f'{len(train_ds)} train / {len(val_ds)} val images at {data_cfg["input_size"][1]}px, '
+               f'{info.world_size} process(es) on {device.type}, batch {args.batch_size}/process, '
+               f'{updates_per_epoch} steps/epoch')
+    last_epoch = num_epochs if args.stop_after_epoch is None else min(num_epochs, args.stop_after_epoch)
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, last_epoch):
+        epoch_start = time.perf_counter()
+        _seed_everything(_epoch_seed(args.seed, epoch, info.rank))
+        if info.enabled:
+            loader_train.sampler.set_epoch(epoch)
+        train_model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        for step, (x, y) in enumerate(loader_train):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if mixup is not None:
+                x, y = mixup(x, y)
+            with amp_ctx():
+                loss = criterion(train_model(x), y)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if args.clip_grad:
+                    scaler.unscale_(optimizer)
+                    dispatch_clip_grad(model.parameters(), args.clip_grad)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                if args.clip_grad:
+                    dispatch_clip_grad(model.parameters(), args.clip_grad)
                 optimizer.step()
+            num_updates += 1
+            scheduler.step_update(num_updates=num_updates)
             if ema is not None:
-                ema.update(bare, step=epoch * steps_per_epoch + step + 1)
-            loss_sum += loss.item()
-            n_steps += 1
-        loss_sum, n_steps = _all_reduce_sums([loss_sum, float(n_steps)], device, world_size)
-        val_loss, val_top1 = _evaluate(model, val_loader, device, autocast, world_size)
-        metrics = dict(epoch=epoch + 1, train_loss=loss_sum / n_steps, val_loss=val_loss, val_top1=val_top1,
-                       lr=optimizer.param_groups[0]['lr'])
+                ema.update(model, step=num_updates)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower --lr, '
+                                         f'add --clip-grad, or turn off --amp')
+            loss_sum += torch.tensor([loss.item() * x.shape[0], x.shape[0]], dtype=torch.float64, device=device)
+            if args.log_interval and (step + 1) % args.log_interval == 0:
+                _log(info, f'  epoch {epoch + 1} step {step + 1}/{updates_per_epoch} loss {loss.item():.4f} '
+                           f'lr {optimizer.param_groups[0]["lr"]:.2e}')
+        if info.enabled:
+            dist.all_reduce(loss_sum)
+            if not args.sync_bn:  # every replica ends the epoch with the same (averaged) BN statistics
+                distribute_bn(model, info.world_size, reduce=True)
+                if ema is not None:
+                    distribute_bn(ema.module, info.world_size, reduce=True)
+        train_time = time.perf_counter() - epoch_start
+        val_loss, val_top1 = _evaluate(model, loader_val, device, amp_ctx, info)
+        row = dict(epoch=epoch + 1, train_loss=loss_sum[0].item() / loss_sum[1].item(), val_loss=val_loss,
+                   val_top1=val_top1, lr=optimizer.param_groups[0]['lr'], train_time_s=train_time,
+                   images_per_s=loss_sum[1].item() / train_time)
         if ema is not None:
-            metrics['ema_val_loss'], metrics['ema_val_top1'] = _evaluate(ema.module, val_loader, device, autocast,
-                                                                         world_size)
-        if scheduler is not None:
-            scheduler.step(epoch + 1, metric=val_top1)
-        metrics['seconds'] = time.perf_counter() - t0
-        if rank == 0:
-            state = dict(epoch=epoch, epochs=args.epochs, sched=args.sched, model=args.model, args=vars(args),
-                         optimizer=optimizer.state_dict(),
-                         scheduler=scheduler.state_dict() if scheduler is not None else None,
-                         ema=ema.module.state_dict() if ema is not None else None,
-                         scaler=scaler.state_dict() if scaler is not None else None, metrics=metrics)
-            _save_checkpoint(out, bare, ema, state, data_config,
-                             f'{args.model} trained by timm-sknet train for {epoch + 1}/{args.epochs} epochs; '
-                             f'val top-1 {val_top1:.2f}%.')
-            with open(out / 'log.jsonl', 'a', encoding='utf-8') as f:
-                f.write(json.dumps(metrics) + '\n')
-        ema_text = f'  ema_val_top1 {metrics["ema_val_top1"]:6.2f}' if ema is not None else ''
-        log(f'epoch {epoch + 1}/{args.epochs}  train_loss {metrics["train_loss"]:.4f}  '
-            f'val_loss {val_loss:.4f}  val_top1 {val_top1:6.2f}{ema_text}  lr {metrics["lr"]:.3g}  '
-            f'{metrics["seconds"]:.1f}s')
-        if world_size > 1:
-            dist.barrier()  # rank 0 has written the checkpoint before anyone moves on or exits
+            row['ema_val_loss'], row['ema_val_top1'] = _evaluate(ema.module, loader_val, device, amp_ctx, info)
+        history.append(row)
+        scheduler.step(epoch + 1, metric=val_top1)
+        _log(info, f'epoch {epoch + 1}/{num_epochs} train_loss {row["train_loss"]:.4f} val_loss {val_loss:.4f} '
+                   f'val_top1 {val_top1:.2f}%' + (f' ema_top1 {row["ema_val_top1"]:.2f}%' if ema else '') +
+                   f' ({row["images_per_s"]:.0f} img/s, {train_time:.1f}s)')
+        if info.primary:
+            state = dict(epoch=epoch + 1, num_updates=num_updates, optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                         ema=ema.module.state_dict() if ema else None, history=history)
+            _set_export_cfg(model, data_cfg, f'timm-sknet train checkpoint after epoch {epoch + 1}')
+            save_checkpoint(output / 'checkpoint', model, state, class_names)
+            _write_metrics(output / 'metrics.csv', history)
+        if info.enabled:
+            dist.barrier()
+    train_wall = time.perf_counter() - run_start
 
-    if args.write_state_digest:
-        d = Path(args.write_state_digest)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f'rank{rank}.sha256').write_text(state_digest(bare.state_dict()) + '\n')
-    return metrics
+    final = ema.module if ema is not None else model
+    digest = state_digest(final)
+    digests = [digest]
+    if info.enabled:
+        digests = [None] * info.world_size
+        dist.all_gather_object(digests, digest)
+    summary = dict(
+        model=args.model, model_kwargs=args.model_kwargs, num_params=num_params, classes=class_names,
+        data=args.data_dir or 'synthetic', epochs_run=len(history) and history[-1]['epoch'], epochs=num_epochs,
+        complete=bool(history) and history[-1]['epoch'] == num_epochs, world_size=info.world_size,
+        device=device.type, wall_time_s=train_wall, final=history[-1] if history else None,
+        exported='ema' if ema is not None else 'model', state_digest=digest, rank_state_digests=digests,
+        ranks_in_sync=len(set(digests)) == 1)
+    if info.enabled and not summary['ranks_in_sync']:
+        _log(info, f'WARNING: the processes ended with different weights: {digests}')
+    if info.primary:
+        if summary['complete']:
+            top1 = history[-1].get('ema_val_top1', history[-1]['val_top1'])
+            _set_export_cfg(final, data_cfg, (
+                f'Trained with timm-sknet train: {num_epochs} epochs on '
+                f'{args.data_dir or "timm-sknet synthetic shapes"}; validation top-1 {top1:.2f}%.'))
+            save_checkpoint(output / 'model', final, None, class_names)
+            summary['model_dir'] = str(output / 'model')
+        _write_json(output / 'summary.json', summary)
+        _log(info, f'done in {train_wall:.1f}s' + (f'; model in {output / "model"}' if summary['complete'] else
+                                                   f'; continue with --resume {output}'))
+    if info.enabled:
+        dist.barrier()
+    return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = add_train_arguments(argparse.ArgumentParser(
-        prog='python -m timm_sknet.train', description=__doc__.splitlines()[0]))
+def _write_metrics(path: Path, history: Sequence[Dict[str, Any]]) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m timm_sknet.train`` (the ``timm-sknet train`` subcommand does the same)."""
+    import timm_sknet  # noqa: F401  (registers the models)
+    parser = add_train_arguments(argparse.ArgumentParser(prog='timm-sknet train', description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         run_train(args)
-    except (ValueError, FileNotFoundError, WeightsError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'timm-sknet train: error: {e}', file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
