@@ -9,7 +9,6 @@ optional ``onnxscript`` package, and the TorchScript-based one exports these mod
 """
 import copy
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from .file_io import atomic_file
 
 __all__ = [
     'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_max_abs_diff',
@@ -48,14 +49,8 @@ def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
         raise IsADirectoryError(f'{dest} is a folder; give a file path such as {dest / ("model" + suffix)}')
     if not dest.parent.is_dir():
         raise FileNotFoundError(f'folder {dest.parent} does not exist; create it first')
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(dest) as tmp:
+        yield tmp
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:

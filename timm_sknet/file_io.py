@@ -1,4 +1,4 @@
-"""Atomic folder writes: readers see the old complete folder or the new complete one, never a partial one."""
+"""Atomic writes: readers see the old complete file or folder or the new complete one, never a partial one."""
 import os
 import shutil
 import tempfile
@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ['atomic_folder']
+__all__ = ['atomic_file', 'atomic_folder']
 
 
 @contextmanager
@@ -34,6 +34,23 @@ def atomic_folder(dest: Union[str, Path]) -> Iterator[Path]:
     os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(dest: Union[str, Path]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest`` (same file system); rename it over ``dest`` only on success."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the file the usual permissions
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _apply_umask(folder: Path) -> None:
