@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from timm_sknet.speed_benchmark import run_benchmark  # noqa: E402
+from timm_sknet.tools.benchmark import run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         device=args.device, runs=args.runs, threads=args.threads, image_size=args.image_size,
         quick=args.quick, memory=not args.no_memory,
         json_path=out.with_suffix('.json'), markdown_path=out.with_suffix('.md'))
-    from timm_sknet.speed_benchmark import markdown_table
+    from timm_sknet.tools.benchmark import markdown_table
     print(markdown_table(result))
     return 0
 

@@ -54,7 +54,7 @@ class TensorMemoryTracker(TorchDispatchMode):
 def build(model: str, size: int, fpn_channels: int, feature_cls: str):
     from torchvision.models.detection import FasterRCNN
 
-    from timm_sknet.detection import sknet_fpn_backbone
+    from timm_sknet.models.detection import sknet_fpn_backbone
     # BatchNorm trains (batch 2), as when fine-tuning with unfrozen statistics
     backbone = sknet_fpn_backbone(model, out_channels=fpn_channels, freeze_bn=False, feature_cls=feature_cls)
     return FasterRCNN(backbone, num_classes=3, min_size=size, max_size=size), backbone

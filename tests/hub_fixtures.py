@@ -8,11 +8,10 @@ from typing import Dict, NamedTuple
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
+from local_hub import LocalHub
 from safetensors.torch import save as safetensors_bytes
 
 import timm
-
-from local_hub import LocalHub
 
 __all__ = [
     'ServedWeights', 'hf_cache', 'local_hub', 'point_hub_client_at', 'sknet18_small', 'sknet50_full',

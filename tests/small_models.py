@@ -1,9 +1,8 @@
 """Small SKNet configurations for the fusion and export tests, with non-trivial BatchNorm statistics."""
-import timm
-import torch
+from helpers import randomize_batchnorm, rel_max_diff
 from torch import nn
 
-from helpers import randomize_batchnorm, rel_max_diff
+import timm
 
 RTOL = 1e-4
 

@@ -3,13 +3,12 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import randomize_batchnorm
 
 import timm
-from timm.utils import reparameterize_model
-from timm_sknet.attention import find_sk_units, record_sk_attention
 
-from helpers import randomize_batchnorm
+from timm_sknet.inference import fuse_model
+from timm_sknet.tools.attention import find_sk_units, record_sk_attention
 
 
 @pytest.fixture(scope='module')
@@ -97,7 +96,7 @@ def test_several_batches_are_concatenated(model, x):
 
 
 def test_fused_model_records_the_same_weights(model, x):
-    fused = reparameterize_model(copy.deepcopy(model))
+    fused = fuse_model(copy.deepcopy(model))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())  # really fused
     with torch.no_grad(), record_sk_attention(model) as plain_rec:
         model(x)

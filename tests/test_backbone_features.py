@@ -8,16 +8,16 @@ The dilation checks run at 64x64 (a dilated 3x3 must see more than its centre ta
 """
 import math
 
+import helpers
 import pytest
-import timm
 import torch
+from helpers import randomize_batchnorm as randomise_batchnorm
 from safetensors.torch import save_file
 from torch import nn
 
-from timm_sknet import SelectiveKernel
+import timm
 
-import helpers
-from helpers import randomize_batchnorm as randomise_batchnorm
+from timm_sknet import SelectiveKernel
 
 TIMM_TWINS = dict(helpers.TIMM_TWINS)
 FEATURE_CLASSES = ('list', 'dict', 'hook', 'fx', 'getter')

@@ -2,15 +2,15 @@
 import copy
 
 import pytest
-import timm
 import torch
-from timm.layers import freeze_batch_norm_2d
-from timm.layers.norm_act import FrozenBatchNorm2d, FrozenBatchNormAct2d
+from helpers import randomize_batchnorm as randomise_batchnorm
 from torch import nn
 
-from timm_sknet import SelectiveKernel, SelectiveKernelAttn
+import timm
+from timm.layers import freeze_batch_norm_2d
+from timm.layers.norm_act import FrozenBatchNorm2d, FrozenBatchNormAct2d
 
-from helpers import randomize_batchnorm as randomise_batchnorm
+from timm_sknet import SelectiveKernel, SelectiveKernelAttn
 
 X32 = (3, 32, 32)
 

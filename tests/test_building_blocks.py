@@ -1,11 +1,12 @@
-"""The public building blocks: SEModule, SKBlock / SKBasicBlock, SKNet constructed directly, errors."""
+"""The public building blocks: SEModule, SKBottleneck / SKBasicBlock, SKNet constructed directly, errors."""
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 
-from timm_sknet import SEModule, SKBasicBlock, SKBlock, SKNet, WeightsError
-from timm_sknet.cli import main
+import timm
+
+from timm_sknet import SEModule, SKBasicBlock, SKBottleneck, SKNet, WeightsError
+from timm_sknet.tools.cli import main
 
 
 def test_se_module_matches_its_definition():
@@ -31,7 +32,7 @@ def test_se_as_timm_attn_layer():
 
 
 def test_sknet_seed_api():
-    model = SKNet(SKBlock, [1, 1, 1, 1], num_classes=10, kernel_sizes=[3, 5, 7], base_width=4, cardinality=8)
+    model = SKNet(SKBottleneck, [1, 1, 1, 1], num_classes=10, kernel_sizes=[3, 5, 7], base_width=4, cardinality=8)
     assert (model.kernel_sizes, model.base_width, model.cardinality) == ([3, 5, 7], 4, 8)
     unit = model.layer2[0].conv2
     assert unit.num_paths == 3 and unit.paths[0].conv.groups == 8 and unit.out_channels == 8 * 8

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize_batchnorm, rel_max_diff, save_safetensors
 
 import timm
 from timm.data import create_transform, resolve_data_config
-from timm.utils import reparameterize_model
-from timm_sknet.cli import main
-from timm_sknet.scale_analysis import synthetic_images
 
-from helpers import randomize_batchnorm, rel_max_diff, save_safetensors
+from timm_sknet.tools.cli import main
+from timm_sknet.tools.scale_analysis import centred_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -34,7 +33,7 @@ def checkpoint(trained, tmp_path_factory):
 @pytest.fixture(scope='module')
 def image_path(tmp_path_factory):
     path = tmp_path_factory.mktemp('img') / 'object.png'
-    synthetic_images(1, size=96, seed=5)[0].save(path)
+    centred_shapes(1, image_size=96, seed=5)[0].save(path)
     return path
 
 
@@ -172,7 +171,7 @@ def test_console_entry_reports_errors_without_traceback(tmp_path):
 
 def test_train_subcommand_end_to_end(tmp_path, capsys):
     """`timm-sknet train` is wired to timm_sknet.train: one tiny epoch writes a loadable Hub folder."""
-    from timm_sknet.cli import main
+    from timm_sknet.tools.cli import main
     out = tmp_path / 'run'
     code = main(['train', '--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)',
                  '--synthetic-train-size', '16', '--synthetic-val-size', '8', '--synthetic-classes', '4',
@@ -185,7 +184,7 @@ def test_train_subcommand_end_to_end(tmp_path, capsys):
 
 
 def test_train_subcommand_bad_option_is_one_line(tmp_path, capsys):
-    from timm_sknet.cli import main
+    from timm_sknet.tools.cli import main
     code = main(['train', '--synthetic-train-size', '16', '--batch-size', '64', '--output', str(tmp_path / 'r')])
     err = capsys.readouterr().err
     assert code == 2 and 'lower --batch-size' in err and 'Traceback' not in err

@@ -2,14 +2,15 @@
 import math
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+import timm
+
 from timm_sknet import SelectiveKernelAttn
-from timm_sknet.detection import FeaturePyramidBackbone, sknet_fpn_backbone
+from timm_sknet.models.detection import FeaturePyramidBackbone, sknet_fpn_backbone
 
 SIZE = 128
 SMALL = dict(min_size=SIZE, max_size=SIZE)  # the transform would otherwise resize to 800 px
@@ -136,3 +137,19 @@ def test_trainable_layers_freezes_the_first_levels():
 def test_body_must_be_a_feature_extractor():
     with pytest.raises(TypeError, match='features_only=True'):
         FeaturePyramidBackbone(torch.nn.Conv2d(3, 8, 3))
+
+
+@pytest.mark.parametrize('feature_cls', ['getter', 'list'])
+def test_pretrained_backbone_trains_the_last_three_levels_by_default(pretrained_file, feature_cls):
+    """torchvision's recipe for a pretrained backbone: BatchNorm frozen, stem and stage 1 frozen, stages 2-4
+    train (trainable_layers=3). Compared with the rule written out by level, not with our own code."""
+    backbone = sknet_fpn_backbone('sknet18', pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file),
+                                  feature_cls=feature_cls)
+    trainable = {n.removeprefix('model.').split('.')[0]
+                 for n, p in backbone.body.named_parameters() if p.requires_grad}
+    frozen = {n.removeprefix('model.').split('.')[0]
+              for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    assert trainable == {'layer2', 'layer3', 'layer4'}
+    assert frozen == {'conv1', 'layer1'}
+    assert all(p.requires_grad for p in backbone.fpn.parameters())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules())

@@ -4,13 +4,11 @@ import os
 import onnx
 import onnxruntime as ort
 import pytest
-import timm
 import torch
-from timm.utils import reparameterize_model
-
-from timm_sknet.export import compile_for_inference, export_onnx, export_torchscript
-
 from small_models import make, rel_err
+
+from timm_sknet.inference import fuse_model
+from timm_sknet.inference.export import compile_for_inference, export_onnx, export_torchscript
 
 EXPORT_CONFIGS = ['sknet18', 'sknet50-M3-os16']
 
@@ -19,7 +17,7 @@ EXPORT_CONFIGS = ['sknet18', 'sknet50-M3-os16']
 def models(request):
     torch.manual_seed(0)
     plain = make(request.param)
-    return {'plain': plain, 'fused': reparameterize_model(plain)}
+    return {'plain': plain, 'fused': fuse_model(plain)}
 
 
 @pytest.mark.parametrize('kind', ['plain', 'fused'])

@@ -7,17 +7,21 @@ that folding is never a no-op.
 import copy
 
 import pytest
-import timm
 import torch
-from timm.utils import reparameterize_model
-from torch import nn
-
-from timm_sknet import SelectiveKernel, SelectiveKernelAttn, select_paths
-from timm_sknet.fusion import FusedConvAct, fold_batchnorm, unfused_batchnorms
-
 from helpers import randomize_batchnorm as randomize_bn
 from small_models import CONFIGS, RTOL, make, rel_err
+from torch import nn
 
+import timm
+from timm.utils import reparameterize_model
+
+import timm_sknet.layers.conv_norm_act as conv_norm_act_module
+import timm_sknet.layers.onednn as onednn
+import timm_sknet.layers.selective_kernel as selective_kernel_module
+import timm_sknet.models.sknets as sknets_module
+from timm_sknet import SelectiveKernel, SelectiveKernelAttn, select_paths
+from timm_sknet.inference import fuse_model
+from timm_sknet.layers import FusedConvAct, fold_batchnorm, is_batchnorm, unfused_batchnorms
 
 # --- select step -------------------------------------------------------------------------------
 
@@ -74,11 +78,11 @@ def test_sk_unit_training_mode_matches_stacked_formula(kernel_sizes):
 # --- BN folding --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', list(CONFIGS))
-def test_reparameterize_model_folds_every_batchnorm_exactly(name):
+def test_fuse_model_folds_every_batchnorm_exactly(name):
     model = make(name)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     types = [type(m) for m in model.modules()]
-    fused = reparameterize_model(model)
+    fused = fuse_model(model)
 
     assert unfused_batchnorms(fused) == []
     assert unfused_batchnorms(model), 'the original keeps its BatchNorms'
@@ -91,17 +95,38 @@ def test_reparameterize_model_folds_every_batchnorm_exactly(name):
     assert rel_err(out, ref) < RTOL
 
 
-def test_reparameterize_inplace_and_twice():
-    model = make('sknet18')
+@pytest.mark.parametrize('name', ['sknet18', 'sknet50-deep-avgdown-os8'])
+def test_timms_walk_folds_everything_below_the_root_and_reaches_the_stem_through_a_parent(name):
+    """timm's reparameterize_model visits children only: on a bare model it leaves the stem's BatchNorms
+    (the root's own), exactly; with the model as a child (any wrapper) it folds all of them."""
+    model = make(name)
+    stem_bns = [n for n in unfused_batchnorms(model) if n == 'bn1' or n.startswith('conv1.')]
+    assert stem_bns
+    walked = reparameterize_model(model)
+    assert unfused_batchnorms(walked) == stem_bns
+    wrapped = reparameterize_model(nn.Sequential(model))
+    assert unfused_batchnorms(wrapped) == []
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-    fused = reparameterize_model(model, inplace=True)
-    assert fused is model and unfused_batchnorms(model) == []
-    again = reparameterize_model(fused)
-    with torch.no_grad():
-        assert rel_err(fused(x), ref) < RTOL
-        assert rel_err(again(x), ref) < RTOL
+        assert rel_err(walked(x), ref) < RTOL and rel_err(wrapped(x), ref) < RTOL
+
+
+@pytest.mark.parametrize('name', ['sknet18', 'sknet50-M3-os16', 'sknet50-deep-avgdown-os8'])
+def test_every_batchnorm_is_folded_exactly_once(name, monkeypatch):
+    """Each module folds only its own parts, so one walk folds each BatchNorm once (no unit twice)."""
+    folded = []
+
+    def counting_fold(conv, bn):
+        folded.append(bn)
+        return fold_batchnorm(conv, bn)
+    for module in (conv_norm_act_module, selective_kernel_module, sknets_module):
+        monkeypatch.setattr(module, 'fold_batchnorm', counting_fold)
+    model = make(name)
+    bns = [m for m in model.modules() if is_batchnorm(m)]
+    fuse_model(model, inplace=True)
+    assert len(folded) == len(bns)
+    assert {id(bn) for bn in folded} == {id(bn) for bn in bns}
 
 
 def test_unfused_keys_are_timms():
@@ -136,7 +161,7 @@ def test_attention_hook_sees_selection_weights_after_fusion():
 
 def test_fused_model_forward_intermediates_and_features():
     model = make('sknet50-deep-avgdown-os8')
-    fused = reparameterize_model(model)
+    fused = fuse_model(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_intermediates(x, indices=5, intermediates_only=True)
@@ -147,7 +172,7 @@ def test_fused_model_forward_intermediates_and_features():
 
     arch, kwargs = CONFIGS['sknet18']
     feats = randomize_bn(timm.create_model(arch, features_only=True, **kwargs)).eval()
-    feats_fused = reparameterize_model(feats)
+    feats_fused = fuse_model(feats)
     assert not any(isinstance(m, SelectiveKernel) and unfused_batchnorms(m) for m in feats_fused.modules())
     with torch.no_grad():
         for a, b in zip(feats_fused(x), feats(x)):
@@ -167,7 +192,7 @@ def test_fold_batchnorm_cases():
 
 
 def test_fused_conv_act_is_what_paths_become():
-    fused = reparameterize_model(make('sknet18'))
+    fused = fuse_model(make('sknet18'))
     units = [m for m in fused.modules() if isinstance(m, SelectiveKernel)]
     assert units and all(isinstance(p, FusedConvAct) for u in units for p in u.paths)
 
@@ -187,7 +212,7 @@ def test_fused_fast_and_autograd_paths_agree(name, channels_last):
     """Eager inference takes oneDNN's fused kernels and in-place select; with autograd on, the fused
     model runs plain modules. Both must equal the unfused model, in either memory layout."""
     model = make(name)
-    fused = reparameterize_model(model)
+    fused = fuse_model(model)
     x = torch.randn(2, 3, 64, 64)
     if channels_last:
         model, fused = (m.to(memory_format=torch.channels_last) for m in (model, fused))
@@ -199,3 +224,44 @@ def test_fused_fast_and_autograd_paths_agree(name, channels_last):
     slow = fused(x)
     assert slow.requires_grad
     assert rel_err(fast, ref) < RTOL and rel_err(slow.detach(), ref) < RTOL
+
+
+def _count_onednn_calls(monkeypatch):
+    calls = []
+    for name in ('conv_act', 'conv_add_relu'):
+        real = getattr(onednn, name)
+        monkeypatch.setattr(onednn, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    return calls
+
+
+def test_onednn_kernels_run_only_in_eager_channels_last_inference(monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
+    fused = fuse_model(make('sknet18'))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fused(x)  # NCHW: oneDNN would reorder every call
+    assert calls == []
+    fused = fused.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fused(x.contiguous(memory_format=torch.channels_last))
+    assert 'conv_act' in calls and 'conv_add_relu' in calls
+    calls.clear()
+    fused(x.contiguous(memory_format=torch.channels_last))  # autograd on: plain modules
+    assert calls == []
+
+
+def test_a_changed_private_op_signature_turns_the_fast_path_off(monkeypatch):
+    model = make('sknet18').to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setitem(onednn._EXPECTED_ARGS, 'binary', ['X', 'other', 'W'])
+    onednn.available.cache_clear()
+    try:
+        assert not onednn.available()
+        calls = _count_onednn_calls(monkeypatch)
+        with torch.inference_mode():
+            out, ref = fuse_model(model)(x), model(x)
+        assert calls == [] and rel_err(out, ref) < RTOL
+    finally:
+        monkeypatch.undo()
+        onednn.available.cache_clear()
+    assert onednn.available()

@@ -1,16 +1,17 @@
 """The package's Hub export loads back through timm's own ``local-dir:`` and ``hf-hub:`` loaders, output for output."""
+import copy
 import hashlib
 import json
 
 import pytest
 import torch
 import yaml
-
-import timm
-from timm_sknet.hub_format import export_hub_folder
-
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
 from hub_fixtures import SMALL
+
+import timm
+
+from timm_sknet.hub import export_hub_folder
 
 
 @pytest.fixture(scope='module')
@@ -50,6 +51,17 @@ def test_export_writes_the_hub_layout_with_a_model_card(trained, tmp_path):
     assert meta['weights_sha256'] == {'model.safetensors': digest}
     assert "timm.create_model('hf-hub:me/sknet18-tiny'" in (out / 'README.md').read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temp folder left
+
+
+def test_a_channels_last_model_exports_and_round_trips(trained, tmp_path):
+    """safetensors refuses non-contiguous tensors; the writer stores contiguous copies, the model is untouched."""
+    model = copy.deepcopy(trained).to(memory_format=torch.channels_last)
+    assert not model.conv1.weight.is_contiguous()
+    out = export_hub_folder(model, tmp_path / 'export')
+    assert not model.conv1.weight.is_contiguous(), 'the caller keeps its memory format'
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(_logits(loaded, x), _logits(trained, x), rtol=0, atol=0)
 
 
 def test_local_dir_loads_the_export(trained, tmp_path):

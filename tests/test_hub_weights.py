@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_fixtures import *  # noqa: F401,F403  (fixtures)
+from hub_fixtures import SKNET18_REPO, SMALL, point_hub_client_at
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save as safetensors_bytes
 
 import timm
-import timm_sknet.hub_weights as hub_weights
-from timm_sknet import WeightsError
 
-from hub_fixtures import *  # noqa: F401,F403  (fixtures)
-from hub_fixtures import SKNET18_REPO, SMALL, point_hub_client_at
+import timm_sknet.hub.download as hub_weights
+from timm_sknet import WeightsError
 
 LABEL = 'sknet18.ra_in1k'
 WEIGHTS_GET = f'/{SKNET18_REPO}/resolve/main/model.safetensors'

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import timm
-
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
 from hub_fixtures import SKNET50_REPO
+
+import timm
 
 REPO_DIR = str(Path(__file__).resolve().parents[1])
 

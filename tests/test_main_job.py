@@ -1,23 +1,30 @@
 """The offline main job and the embedded model it runs on."""
 import csv
 import hashlib
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomize_batchnorm
 from PIL import Image
 
 import timm
 
 from timm_sknet import SelectiveKernel
-from timm_sknet.embedded_model import (
-    EMBEDDED_CLASSES, EMBEDDED_TAG, SAMPLES_DIR, WEIGHTS_DIR, WEIGHTS_FILE, WEIGHTS_SHA256, verify_embedded_weights)
 from timm_sknet.errors import WeightsError
-from timm_sknet.main_job import SCALE_FACTORS, enlarge, measure_attention_vs_scale, run_main_job
-from timm_sknet.synthetic_data import SyntheticShapes
-from timm_sknet.train import state_digest
-
-from helpers import randomize_batchnorm
+from timm_sknet.hub.embedded import (
+    EMBEDDED_CLASSES,
+    EMBEDDED_TAG,
+    WEIGHTS_DIR,
+    WEIGHTS_FILE,
+    WEIGHTS_SHA256,
+    verify_embedded_weights,
+)
+from timm_sknet.tools.main_job import SAMPLES_DIR, run_main_job
+from timm_sknet.tools.scale_analysis import DEFAULT_SCALES, run_scale_analysis, zoom_transform
+from timm_sknet.tools.synthetic_data import CLASSES, SyntheticShapes
+from timm_sknet.tools.train import state_digest
 
 
 def test_embedded_weights_are_small_intact_and_registered():
@@ -32,15 +39,21 @@ def test_embedded_weights_are_small_intact_and_registered():
     assert list(tagged.pretrained_cfg['label_names']) == list(EMBEDDED_CLASSES)
 
 
+def test_embedded_class_names_are_the_synthetic_sets_and_the_folders():
+    """The names are written out in hub/embedded.py (no image code at import): they must stay the data set's."""
+    config = json.loads((WEIGHTS_DIR / 'config.json').read_text())
+    assert list(EMBEDDED_CLASSES) == list(CLASSES[:len(EMBEDDED_CLASSES)]) == config['label_names']
+
+
 def test_corrupted_embedded_weights_are_refused(tmp_path, monkeypatch):
     bad = tmp_path / 'model.safetensors'
     data = bytearray(WEIGHTS_FILE.read_bytes())
     data[-1] ^= 1
     bad.write_bytes(bytes(data))
-    monkeypatch.setattr('timm_sknet.embedded_model.WEIGHTS_FILE', bad)
+    monkeypatch.setattr('timm_sknet.hub.embedded.WEIGHTS_FILE', bad)
     with pytest.raises(WeightsError, match='sha256'):
         verify_embedded_weights()
-    monkeypatch.setattr('timm_sknet.embedded_model.WEIGHTS_FILE', tmp_path / 'missing.safetensors')
+    monkeypatch.setattr('timm_sknet.hub.embedded.WEIGHTS_FILE', tmp_path / 'missing.safetensors')
     with pytest.raises(WeightsError, match='incomplete'):
         verify_embedded_weights()
 
@@ -57,15 +70,16 @@ def test_embedded_model_recognises_fresh_synthetic_shapes():
     assert acc >= 0.75, f'embedded model accuracy {acc:.2f} on fresh shapes'
 
 
-def test_enlarge_is_a_centre_crop_and_resize():
+def test_zoom_is_a_centre_crop_and_resize():
+    """The analysis' zoom (timm's eval transform with crop_pct / s) against a hand-made PIL crop + resize."""
     ds = SyntheticShapes(1, image_size=64, seed=0, center_jitter=0.0)
     img = ds.image(0)
-    assert enlarge(img, 1.0).tobytes() == img.tobytes()
+    config = dict(input_size=(3, 64, 64), crop_pct=1.0, interpolation='bilinear', mean=(0, 0, 0), std=(1, 1, 1))
+    as_tensor = timm.data.create_transform(**config, is_training=False)
+    assert torch.allclose(zoom_transform(config, 1.0)(img), as_tensor(img))
     # 2x: the centre 32x32 pixels fill the image
-    ref = img.crop((16, 16, 48, 48)).resize((64, 64), Image.Resampling.BILINEAR)
-    a = torch.frombuffer(bytearray(enlarge(img, 2.0).tobytes()), dtype=torch.uint8).float()
-    b = torch.frombuffer(bytearray(ref.tobytes()), dtype=torch.uint8).float()
-    assert (a - b).abs().mean() < 2.0
+    ref = as_tensor(img.crop((16, 16, 48, 48)).resize((64, 64), Image.Resampling.BILINEAR))
+    assert (zoom_transform(config, 2.0)(img) - ref).abs().mean() * 255 < 2.0
 
 
 def _attention_from_the_paper(unit: SelectiveKernel, x: torch.Tensor) -> torch.Tensor:
@@ -85,25 +99,27 @@ def _attention_from_the_paper(unit: SelectiveKernel, x: torch.Tensor) -> torch.T
 
 def test_attention_difference_matches_a_manual_computation():
     model = randomize_batchnorm(timm.create_model('sknet_tiny', layers=(1, 1, 1, 1))).eval()
-    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    config = timm.data.resolve_data_config(model=model)
     ds = SyntheticShapes(4, image_size=64, seed=0, center_jitter=0.0, scale_range=(0.2, 0.45))
     images = [ds.image(i) for i in range(len(ds))]
-    results = measure_attention_vs_scale(model, images, transform)
-    units = {n: m for n, m in model.named_modules() if isinstance(m, SelectiveKernel)}
-    assert list(results) == list(units) and len(units) == 4
+    analysis = run_scale_analysis(model, images, DEFAULT_SCALES)
+    results = analysis.mean_diffs()
+    units = [m for m in model.modules() if isinstance(m, SelectiveKernel)]
+    assert list(results) == ['SK_2_1', 'SK_3_1', 'SK_4_1', 'SK_5_1'] and len(units) == 4
 
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(n, args[0]))
-             for n, m in units.items()]
-    for fi, factor in enumerate(SCALE_FACTORS):
+    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: inputs.__setitem__(i, args[0]))
+             for i, m in enumerate(units)]
+    for si, scale in enumerate(DEFAULT_SCALES):
+        transform = zoom_transform(config, scale)
         with torch.no_grad():
-            model(torch.stack([transform(enlarge(im, factor)) for im in images]))
-            for name, unit in units.items():
-                a = _attention_from_the_paper(unit, inputs[name])
+            model(torch.stack([transform(im) for im in images]))
+            for i, (name, unit) in enumerate(zip(results, units)):
+                a = _attention_from_the_paper(unit, inputs[i])
                 assert torch.allclose(a.sum(1), torch.ones(()))
                 large, small = unit.kernel_sizes.index(max(unit.kernel_sizes)), unit.kernel_sizes.index(min(unit.kernel_sizes))
                 expected = (a[:, large] - a[:, small]).mean().item()
-                assert results[name][fi] == pytest.approx(expected, abs=1e-5), (name, factor)
+                assert results[name][si] == pytest.approx(expected, abs=1e-5), (name, scale)
     for h in hooks:
         h.remove()
     assert not any(m._forward_hooks for m in model.modules()), 'the measurement removed its hooks'
@@ -118,9 +134,10 @@ def test_main_job_runs_offline_and_reports(tmp_path, capsys):
     assert "Does attention to the larger kernel grow with object size (the paper's claim)?" in out
     with open(tmp_path / 'attention_vs_scale.csv') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8 and list(rows[0]) == ['unit'] + [f'diff_{f}x' for f in SCALE_FACTORS]
+    assert len(rows) == 8 * len(DEFAULT_SCALES) and {r['unit'] for r in rows} == set(result['attention'])
     for row in rows:
-        assert [float(row[f'diff_{f}x']) for f in SCALE_FACTORS] == pytest.approx(result['attention'][row['unit']], abs=1e-6)
+        index = DEFAULT_SCALES.index(float(row['scale']))
+        assert float(row['mean_diff']) == pytest.approx(result['attention'][row['unit']][index], abs=1e-6)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

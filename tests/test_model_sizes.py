@@ -1,8 +1,9 @@
 """Parameter and MAC counts against the paper and timm (torch.utils.flop_counter, 224x224, on meta)."""
 import pytest
+
 import timm
 
-from timm_sknet.complexity import count_macs, count_params, measure
+from timm_sknet.models.complexity import count_macs, count_params, measure
 
 # name: (params in M, GMACs) from the issue / the paper / timm's models measured the same way
 EXPECTED = {

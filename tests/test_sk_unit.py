@@ -1,12 +1,12 @@
 """SelectiveKernel against a naive implementation of the paper's equations, and its argument checks."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st, HealthCheck
+from helpers import naive_selective_kernel, randomize_batchnorm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from timm_sknet import SelectiveKernel
-from timm_sknet.sk_unit import attn_channels_for
-
-from helpers import naive_selective_kernel, randomize_batchnorm
+from timm_sknet.layers import attn_channels_for
 
 CONFIGS = [
     dict(in_channels=16, out_channels=16, kernel_sizes=[3, 5]),

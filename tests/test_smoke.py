@@ -1,5 +1,6 @@
-import timm
 import torch
+
+import timm
 
 
 def test_sknet50_forward_small():

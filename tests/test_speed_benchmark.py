@@ -1,7 +1,7 @@
 """The benchmark runs end to end and writes its JSON and markdown (tiny sizes: no speed is asserted)."""
 import json
 
-from timm_sknet.speed_benchmark import BenchCase, markdown_table, run_benchmark
+from timm_sknet.tools.benchmark import BenchCase, markdown_table, run_benchmark
 
 
 def test_quick_benchmark_writes_json_and_table(tmp_path):

@@ -3,12 +3,12 @@
 Full-size models are built on the meta device where only shapes matter; numerics use small inputs.
 """
 import pytest
-import timm
 import torch
+from helpers import randomize_batchnorm
+
+import timm
 from timm.models import get_graph_node_names
 from timm.models._features_fx import create_feature_extractor
-
-from helpers import randomize_batchnorm
 
 ALL = timm.list_models('sknet*')
 SMALL = ['sknet18', 'sknet50']  # one per block type, for the numerical checks
@@ -17,7 +17,7 @@ X64 = (2, 3, 64, 64)
 
 def test_registered_names_do_not_shadow_timm():
     assert sorted(ALL) == ['sknet101', 'sknet152', 'sknet18', 'sknet34', 'sknet50', 'sknet_tiny']
-    assert set(timm.list_models(module='sknet_models')) == set(ALL)
+    assert set(timm.list_models(module='sknets')) == set(ALL)
     assert timm.list_models('skresnext50_32x4d') and timm.list_models(module='sknet')  # timm's own intact
     assert timm.list_pretrained('sknet*') == [
         'sknet18.ra_in1k', 'sknet34.ra_in1k', 'sknet50.ra_in1k', 'sknet_tiny.synthetic']

@@ -1,9 +1,9 @@
 """timm's SK checkpoints load into sknet18/34/50 through timm's real pretrained path and give the same logits."""
 import pytest
-import timm
 import torch
-
 from helpers import TIMM_TWINS, randomize_batchnorm, rel_max_diff, save_safetensors
+
+import timm
 
 
 @pytest.mark.parametrize('ours, theirs', TIMM_TWINS)

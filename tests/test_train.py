@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize_batchnorm
 from safetensors.torch import load_file
 
 import timm
 from timm.layers import BatchNormAct2d, SyncBatchNormAct, convert_sync_batchnorm
 
 from timm_sknet import SelectiveKernelAttn
-from timm_sknet.synthetic_data import write_image_folder
-from timm_sknet.train import _Dist, _validate_args, add_train_arguments, run_train, state_digest
-from timm_sknet.train_checkpoint import TRAINING_STATE_FILE, save_checkpoint
-
-from helpers import randomize_batchnorm
+from timm_sknet.tools.synthetic_data import write_image_folder
+from timm_sknet.tools.train import run_train, state_digest
+from timm_sknet.tools.train_args import add_train_arguments, validate_args
+from timm_sknet.tools.train_checkpoint import TRAINING_STATE_FILE, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'sknet_tiny', '--model-kwargs', 'layers=(1,1,1,1)', 'channels=(8,16,32,64)', 'stem_width=8',
@@ -117,7 +117,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', '2',
            '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
-           '-m', 'timm_sknet.train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
+           '-m', 'timm_sknet.tools.train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
            '--synthetic-val-size', '16', '--batch-size', '8', '--epochs', '1', '--model-ema', '--device', 'cpu']
     env = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo', PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -149,7 +149,7 @@ def test_sync_batchnorm_reaches_every_norm_including_the_sk_attention():
 
 def test_sync_bn_on_cpu_processes_is_refused_with_a_remedy(tmp_path):
     with pytest.raises(ValueError, match='--sync-bn needs GPU'):
-        _validate_args(_args(tmp_path, '--sync-bn'), _Dist(rank=0, world_size=2), torch.device('cpu'))
+        validate_args(_args(tmp_path, '--sync-bn'), world_size=2, device=torch.device('cpu'))
 
 
 def test_imagefolder_with_amp_bf16_grad_checkpointing_channels_last(tmp_path):

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 import timm
-from timm_sknet.complexity import PUBLISHED, measure
+
+from timm_sknet.models.complexity import PUBLISHED, measure
 
 CARD = (Path(__file__).resolve().parents[1] / 'weights_card.md').read_text(encoding='utf-8')
 TIMM_TOP1 = {'sknet18': '73.020', 'sknet34': '76.956', 'sknet50': '80.168'}
@@ -25,7 +26,7 @@ def test_every_pretrained_tag_is_on_the_card():
 
 
 def test_embedded_weights_digest_on_the_card_is_the_files():
-    from timm_sknet.hub_weights import sha256_file
+    from timm_sknet.file_io import sha256_file
     cfg = timm.models.get_pretrained_cfg('sknet_tiny.synthetic')
     assert sha256_file(cfg.file) in _row('sknet_tiny.synthetic')
 

@@ -1,13 +1,20 @@
-"""Selective Kernel Networks for timm. ``import timm_sknet`` registers the ``sknet*`` models."""
+"""Selective Kernel Networks (Li et al., CVPR 2019) for timm.
+
+``import timm_sknet`` registers the ``sknet*`` models in timm and exposes the building blocks. It loads the
+layers, the models and the weights code only: tools (command line, training, benchmarks, analyses) live in
+:mod:`timm_sknet.tools` and are imported only when used.
+
+Layout (dependencies point one way, checked by import-linter contracts in pyproject.toml)::
+
+    tools  ->  inference  ->  models  ->  hub, layers  ->  errors, file_io
+"""
 from .errors import WeightsError
-from .se_module import SEModule
-from .sk_blocks import SKBasicBlock, SKBlock
-from .sk_unit import SelectiveKernel, SelectiveKernelAttn, select_paths
-from .sknet_models import SKNet
+from .layers import SelectiveKernel, SelectiveKernelAttn, SEModule, select_paths
+from .models import SKBasicBlock, SKBottleneck, SKNet
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'SEModule', 'SKBasicBlock', 'SKBlock', 'SKNet', 'SelectiveKernel', 'SelectiveKernelAttn',
+    'SEModule', 'SKBasicBlock', 'SKBottleneck', 'SKNet', 'SelectiveKernel', 'SelectiveKernelAttn',
     'WeightsError', 'select_paths',
 ]

@@ -1,5 +1,6 @@
+"""``python -m timm_sknet``: the ``timm-sknet`` command."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from .file_io import atomic_folder
+from ..file_io import atomic_folder
 
 __all__ = ['CLASSES', 'ShapeSpec', 'SyntheticShapes', 'write_image_folder', 'render_shape']
 
@@ -305,25 +305,3 @@ def write_image_folder(
 def _csv_row(meta: Dict[str, Any]) -> Dict[str, Any]:
     """Metadata with floats rounded for CSV (6 decimals keeps scales exact enough for analysis)."""
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in meta.items() if k != 'index'}
-
-
-def add_synthetic_arguments(parser):
-    """Options for writing the synthetic shapes to disk (a ``synthetic`` subcommand can use this)."""
-    parser.add_argument('root', help='destination folder (ImageFolder layout)')
-    parser.add_argument('--train', type=int, default=8000, help='training images (default: 8000)')
-    parser.add_argument('--val', type=int, default=1000, help='validation images (default: 1000)')
-    parser.add_argument('--img-size', type=int, default=64)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--num-classes', type=int, default=len(CLASSES))
-    parser.add_argument('--scale-range', type=float, nargs=2, default=DEFAULT_SCALE_RANGE, metavar=('MIN', 'MAX'))
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing folder')
-    return parser
-
-
-def run_synthetic(args) -> Path:
-    root = write_image_folder(
-        args.root, {'train': args.train, 'validation': args.val}, image_size=args.img_size, seed=args.seed,
-        overwrite=args.overwrite, num_classes=args.num_classes, scale_range=tuple(args.scale_range))
-    print(f'wrote {args.train} train and {args.val} validation images to {root}')
-    return root
-

@@ -19,11 +19,12 @@ import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence
 
-import timm
 import torch
-from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool
+
+import timm
+from timm.layers import freeze_batch_norm_2d
 
 __all__ = ['FeaturePyramidBackbone', 'sknet_fpn_backbone']
 
@@ -126,7 +127,8 @@ def sknet_fpn_backbone(
     if frozen:
         def top_module(name: str) -> str:  # 'model.layer1.0.conv1.weight' (getter) -> 'layer1'
             return name.removeprefix('model.').split('.')[0]
-        missing = frozen - {top_module(n) for n, _ in body.named_parameters()}
+        # by module, not parameter: a frozen BatchNorm (pretrained) keeps its statistics as buffers only
+        missing = frozen - {top_module(n) for n, _ in body.named_modules() if n}
         if missing:
             raise ValueError(
                 f'trainable_layers={trainable_layers} freezes ResNet-style modules (conv1, bn1, layer1-4); '

@@ -12,16 +12,16 @@ downloads afresh, and turns every failure into :class:`~timm_sknet.errors.Weight
 failed and what to do. The verified local file is then handed to timm's normal loading path, so its
 ``in_chans`` / ``num_classes`` adaptation still runs.
 """
-import hashlib
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from .errors import WeightsError
+from ..errors import WeightsError
+from ..file_io import git_blob_sha1, sha256_file
 
-__all__ = ['PINNED_SHA256', 'WEIGHTS_FILENAME', 'fetch_verified_weights', 'pretrained_kwargs', 'sha256_file']
+__all__ = ['PINNED_SHA256', 'WEIGHTS_FILENAME', 'fetch_verified_weights', 'pretrained_kwargs']
 
 _logger = logging.getLogger(__name__)
 
@@ -36,24 +36,6 @@ PINNED_SHA256: Dict[str, str] = {}
 
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 _GIT_SHA1 = re.compile(r'[0-9a-f]{40}')
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _git_blob_sha1(path: Union[str, Path]) -> str:
-    """The id git (and the Hub, for a non-LFS file) gives a file: sha1 of ``b'blob <size>\\0' + content``."""
-    h = hashlib.sha1(b'blob %d\0' % os.path.getsize(path))
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _split_hub_id(hf_hub_id: str) -> Tuple[str, Optional[str]]:
@@ -88,25 +70,26 @@ class _Failure:
             f"'{self.repo_id}{at}' (file {self.filename}): {what}. {remedy}")
 
 
-def _describe(err: BaseException, fail: _Failure) -> WeightsError:
-    """Map a huggingface_hub / transport exception to WeightsError."""
+def _hub_error(err: BaseException, fail: _Failure) -> Optional[WeightsError]:
+    """WeightsError for huggingface_hub's own exception types (``None`` for other exceptions)."""
     from huggingface_hub import errors as hf_errors
 
-    if isinstance(err, hf_errors.GatedRepoError):
-        return fail('the repository is gated and no accepted access token was sent',
-                    'Accept its terms on the Hub and log in (`hf auth login`), or use a local file or folder.')
-    if isinstance(err, hf_errors.RepositoryNotFoundError):
-        return fail('the repository does not exist (or is private and no valid token was sent)',
-                    'Check the hf_hub_id in the pretrained_cfg, or log in for a private repository.')
-    if isinstance(err, hf_errors.RevisionNotFoundError):
-        return fail(f'revision {fail.revision!r} does not exist in the repository',
-                    "Pin an existing branch, tag or commit as 'org/repo@<revision>'.")
-    if isinstance(err, hf_errors.EntryNotFoundError):
-        return fail('the repository has no such file at this revision',
-                    'Point the pretrained_cfg at a repository that holds model.safetensors, or convert the '
-                    'weights with timm_sknet.hub_format.export_hub_folder.')
-    if isinstance(err, hf_errors.OfflineModeIsEnabled):
-        return fail('HF_HUB_OFFLINE is set and the file is not in the local cache')
+    # most specific first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError
+    known = (
+        (hf_errors.GatedRepoError, 'the repository is gated and no accepted access token was sent',
+         'Accept its terms on the Hub and log in (`hf auth login`), or use a local file or folder.'),
+        (hf_errors.RepositoryNotFoundError, 'the repository does not exist (or is private and no valid token was sent)',
+         'Check the hf_hub_id in the pretrained_cfg, or log in for a private repository.'),
+        (hf_errors.RevisionNotFoundError, f'revision {fail.revision!r} does not exist in the repository',
+         "Pin an existing branch, tag or commit as 'org/repo@<revision>'."),
+        (hf_errors.EntryNotFoundError, 'the repository has no such file at this revision',
+         'Point the pretrained_cfg at a repository that holds model.safetensors, or convert the weights with '
+         'timm_sknet.hub.export_hub_folder.'),
+        (hf_errors.OfflineModeIsEnabled, 'HF_HUB_OFFLINE is set and the file is not in the local cache', None),
+    )
+    for kind, what, remedy in known:
+        if isinstance(err, kind):
+            return fail(what, remedy)
     if isinstance(err, hf_errors.HfHubHTTPError):
         status = getattr(getattr(err, 'response', None), 'status_code', None)
         if status is not None and status >= 500:
@@ -117,14 +100,27 @@ def _describe(err: BaseException, fail: _Failure) -> WeightsError:
         if cause is not None and cause is not err:
             return _describe(cause, fail)
         return fail('the Hub could not be reached and the file is not in the local cache')
-    if type(err).__module__.split('.')[0] in ('httpx', 'httpx2', 'httpcore', 'httpcore2'):
-        name = type(err).__name__
-        if 'Connect' in name:
-            return fail(f'the Hub could not be reached ({name}: {_first_line(err)}) and the file is not cached')
-        if 'Timeout' in name:
-            return fail(f'the connection timed out ({name}: {_first_line(err)})')
-        return fail(f'the connection broke during the download ({name}: {_first_line(err)}); '
-                    'the partial file was discarded')
+    return None
+
+
+def _transport_error(err: BaseException, fail: _Failure) -> Optional[WeightsError]:
+    """WeightsError for a raw transport exception from httpx / httpcore (``None`` for others)."""
+    if type(err).__module__.split('.')[0] not in ('httpx', 'httpx2', 'httpcore', 'httpcore2'):
+        return None
+    name = type(err).__name__
+    if 'Connect' in name:
+        return fail(f'the Hub could not be reached ({name}: {_first_line(err)}) and the file is not cached')
+    if 'Timeout' in name:
+        return fail(f'the connection timed out ({name}: {_first_line(err)})')
+    return fail(f'the connection broke during the download ({name}: {_first_line(err)}); '
+                'the partial file was discarded')
+
+
+def _describe(err: BaseException, fail: _Failure) -> WeightsError:
+    """Map a huggingface_hub / transport exception to WeightsError."""
+    mapped = _hub_error(err, fail) or _transport_error(err, fail)
+    if mapped is not None:
+        return mapped
     if isinstance(err, OSError) and 'Consistency check failed' in str(err):
         return fail(f'the download had the wrong size ({_first_line(err)}); the partial file was discarded')
     return fail(f'{type(err).__name__}: {_first_line(err)}')
@@ -169,7 +165,7 @@ def _verify(pointer: Path, pinned: Optional[str], fail: _Failure, hub_etag: Opti
         announced = ('sha256', hub_etag) if _SHA256.fullmatch(hub_etag) else ('git-sha1', hub_etag)
     if announced is not None:
         kind, expected = announced
-        got = actual if kind == 'sha256' else _git_blob_sha1(pointer)
+        got = actual if kind == 'sha256' else git_blob_sha1(pointer)
         if got != expected:
             _evict(pointer)
             raise fail(
@@ -213,13 +209,12 @@ def fetch_verified_weights(
             transfer, size mismatch, integrity), with what failed and what to do.
     """
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
 
     repo_id, revision = _split_hub_id(hf_hub_id)
     fail = _Failure(label or hf_hub_id, repo_id, revision, filename)
     if not filename.endswith('.safetensors'):
         raise fail('timm_sknet only downloads safetensors weights, not pickles',
-                   'Convert the checkpoint with timm_sknet.hub_format.export_hub_folder, or pass it yourself with '
+                   'Convert the checkpoint with timm_sknet.hub.export_hub_folder, or pass it yourself with '
                    "pretrained_cfg_overlay=dict(file=...) (loaded with torch.load(weights_only=True)).")
     cache_dir = str(cache_dir) if cache_dir is not None else None
     offline = _is_offline()

@@ -4,7 +4,6 @@ With no subcommand it runs the main job: the model table, then one forward pass.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -13,15 +12,16 @@ from torch import nn
 
 import timm
 
-from .complexity import PUBLISHED, measure
-from .errors import WeightsError
+from ..errors import WeightsError
+from ..hub.checkpoint import CheckpointError, model_from_checkpoint
+from ..models.complexity import PUBLISHED, measure
 from .images import ImageError
 
 __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
 
 #: Exceptions that are the user's to fix: printed as one ``timm-sknet: error: ...`` line, exit status 2.
 #: ``FileExistsError`` / ``FileNotFoundError`` come from the writers (existing output folder, missing folder).
-USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError, CheckpointError)
 
 
 class CLIError(Exception):
@@ -58,26 +58,12 @@ def _add_model_args(p: argparse.ArgumentParser, default: str = 'sknet50', pretra
                    help='local weights: .safetensors, or .pth/.pth.tar/.bin (read with weights_only=True)')
 
 
-def _checkpoint_classes(path: Path) -> Optional[int]:
-    """Number of classes of a checkpoint's classifier (``fc.weight``); 0 for a headless one, None if unknown."""
-    from timm.models import load_state_dict
-    try:
-        state_dict = load_state_dict(str(path), weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any decode failure is the file's fault)
-        raise CLIError(f'cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
-                       f'pass a .safetensors file or a .pth state_dict saved with torch.save') from None
-    if 'fc.weight' in state_dict:
-        return int(state_dict['fc.weight'].shape[0])
-    if not any(k.startswith('fc.') for k in state_dict):
-        return 0
-    return None
-
-
 def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` in eval mode, with a local ``checkpoint`` loaded through timm's pretrained path.
+    """``timm.create_model`` in eval mode, or the model a local ``checkpoint`` fits, loaded strictly.
 
     Raises:
-        CLIError: unknown model name, or a checkpoint that does not fit the model.
+        CLIError: unknown model name.
+        CheckpointError: a checkpoint that cannot be read or does not fit the model.
         FileNotFoundError: the checkpoint does not exist.
         WeightsError: pretrained weights could not be provided.
     """
@@ -87,20 +73,7 @@ def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = 
         raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
                        f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"})')
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f'checkpoint file not found: {path} (check the path, or drop --checkpoint)')
-        num_classes = _checkpoint_classes(path)
-        overlay: Dict[str, Any] = dict(file=str(path.absolute()))
-        if num_classes is not None:  # keep the checkpoint's head instead of timm dropping a mismatched one
-            overlay['num_classes'] = num_classes
-            kwargs.setdefault('num_classes', num_classes)
-        try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except RuntimeError as e:
-            detail = ' '.join(str(e).split())
-            detail = detail if len(detail) <= 240 else detail[:240] + '...'
-            raise CLIError(f'checkpoint {path} does not fit {name} ({detail}); pass the --model it was trained as') from None
+        model = model_from_checkpoint(checkpoint, name, **kwargs)
     else:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     return model.eval()
@@ -148,6 +121,7 @@ def _add_list_parser(sub) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from timm.data import create_transform
+
     from .images import load_image
     from .progress import progress
 
@@ -185,7 +159,7 @@ def _add_predict_parser(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .speed_benchmark import markdown_table, run_benchmark
+    from .benchmark import markdown_table, run_benchmark
     json_path = md_path = None
     if args.out:
         out = Path(args.out)
@@ -223,12 +197,11 @@ def _add_bench_parser(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx, export_torchscript
+    from ..inference import export_onnx, export_torchscript, fuse_model
     model = load_model(args.model, args.pretrained, args.checkpoint)
     _warn_random(args)
     if args.fused:
-        from timm.utils import reparameterize_model
-        model = reparameterize_model(model)
+        model = fuse_model(model)
     input_size = (3, args.img_size, args.img_size) if args.img_size else None
     if args.format == 'onnx':
         try:
@@ -243,12 +216,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub) -> None:
-    from .export import MIN_ONNX_OPSET
+    from ..inference.export import MIN_ONNX_OPSET
     p = sub.add_parser('export', help='write ONNX or TorchScript (checked against PyTorch before it is kept)')
     p.add_argument('format', choices=('onnx', 'torchscript'))
     p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt)')
     _add_model_args(p)
-    p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm.utils.reparameterize_model)')
+    p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm_sknet.inference.fuse_model)')
     p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
     p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')
     p.add_argument('--method', choices=('script', 'trace'), default='script', help='TorchScript method')
@@ -256,17 +229,13 @@ def _add_export_parser(sub) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .hub_format import export_hub_folder
+    from ..hub import export_hub_folder
     common = dict(repo_id=args.repo_id, overwrite=args.overwrite)
     out_dir = Path(args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
         raise CLIError(f'{out_dir} exists and is not empty; pass --overwrite to replace it, or choose another OUT')
     if args.checkpoint:
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f'checkpoint file not found: {path} (check the path)')
-        load_model(args.model, checkpoint=args.checkpoint)  # checks the name and that the checkpoint fits
-        out = export_hub_folder(path, args.out, model_name=args.model, **common)
+        out = export_hub_folder(load_model(args.model, checkpoint=args.checkpoint), args.out, **common)
     elif args.pretrained:
         out = export_hub_folder(load_model(args.model, pretrained=True), args.out, **common)
     else:
@@ -285,16 +254,18 @@ def _add_convert_parser(sub) -> None:
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from .scale_analysis import run_scale_analysis, synthetic_images
     from .images import load_image
+    from .scale_analysis import centred_shapes, run_scale_analysis
     if not args.images and not args.synthetic:
         raise CLIError('give image files, or --synthetic N to generate N test images')
     if args.images and args.synthetic:
         raise CLIError('give either image files or --synthetic N, not both')
     if any(s <= 0 for s in args.scales):
         raise CLIError(f'--scales must be positive, got {" ".join(map(str, args.scales))}')
-    images: Sequence[Any] = [load_image(p) for p in args.images] if args.images else synthetic_images(args.synthetic)
+    images: Sequence[Any] = [load_image(p) for p in args.images]  # a bad file fails before the model is built
     model = load_model(args.model, args.pretrained, args.checkpoint)
+    if not images:
+        images = centred_shapes(args.synthetic, image_size=_data_config(model, args.img_size)['input_size'][-1])
     _warn_random(args)
     out = Path(args.out)
     result = run_scale_analysis(model, images, args.scales, data_config=_data_config(model, args.img_size),
@@ -345,7 +316,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train_parser(sub) -> None:
-    from .train import add_train_arguments
+    from .train_args import add_train_arguments
     p = sub.add_parser('train', help='train or fine-tune an sknet (ImageFolder or synthetic shapes; torchrun for DDP)')
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
@@ -373,7 +344,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import timm_sknet  # noqa: F401  (registers the models)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,9 @@ attn_layer=, aa_layer=, drop_block=, drop_path=, device=, dtype=, **block_args)`
 
 Submodule names equal timm's ``SelectiveKernelBasic`` / ``SelectiveKernelBottleneck`` so that timm's
 skresnet18/34 and skresnext50_32x4d checkpoints load as they are.
+
+Inference fusion (``timm.utils.reparameterize_model``) reaches every part on its own: the convs and the SK
+unit fold themselves, and a block folds only its downsample shortcut, a plain ``nn.Sequential`` of timm's.
 """
 import math
 from typing import Any, Dict, Optional, Type
@@ -15,44 +18,51 @@ from typing import Any, Dict, Optional, Type
 import torch
 from torch import nn
 
-from timm.layers import ConvNormAct, create_attn
+from timm.layers import create_attn
 
-from .sk_unit import SelectiveKernel
+from ..layers import FusableConvNormAct, SelectiveKernel, fold_sequential
 
-__all__ = ['SKBasicBlock', 'SKBlock']
+__all__ = ['SKBasicBlock', 'SKBottleneck']
 
 
 class _SKResidual(nn.Module):
-    """Shared tail of both blocks: optional attention, drop path, shortcut, add, activation."""
+    """Shared tail of both blocks: optional attention and drop path, shortcut, add, activation."""
     expansion = 1
 
-    @torch.jit.unused
-    def _eager_tail(self, last_conv: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``act(last_conv(x) + shortcut)``; once fused, in eager CPU inference, one oneDNN kernel."""
-        if self.se is None and self.drop_path is None and hasattr(last_conv, 'forward_add_act'):
-            if self.downsample is not None:
-                shortcut = self.downsample(shortcut)
-            if last_conv.can_add_act(x, shortcut, self.act):
-                return last_conv.forward_add_act(x, shortcut)
-            x = last_conv(x)
-            x += shortcut
-            return self.act(x)
-        return self._finish(last_conv(x), shortcut)
+    def _init_tail(
+            self,
+            outplanes: int,
+            act_layer: Type[nn.Module],
+            attn_layer: Optional[Type[nn.Module]],
+            downsample: Optional[nn.Module],
+            drop_path: Optional[nn.Module],
+            dd: Dict[str, Any],
+    ) -> None:
+        self.se = create_attn(attn_layer, outplanes, **dd)
+        self.act = act_layer(inplace=True)
+        self.downsample = downsample
+        self.drop_path = drop_path
+        # nothing between the last conv and the add: the last conv can run conv + add + ReLU itself
+        self.tail_in_last_conv = self.se is None and drop_path is None and type(self.act) is nn.ReLU
 
     def _finish(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.se is not None:
             x = self.se(x)
         if self.drop_path is not None:
             x = self.drop_path(x)
-        if self.downsample is not None:
-            shortcut = self.downsample(shortcut)
         x += shortcut
         return self.act(x)
 
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
     def reparameterize(self) -> None:
-        """Fold every BatchNorm of the block into its conv, in place (``timm.utils.reparameterize_model``)."""
-        from .fusion import reparameterize_block
-        reparameterize_block(self)
+        """Fold the block's own conv-BN shortcut (``timm.utils.reparameterize_model`` calls this).
+
+        The block's other parts (its convs, its SK unit) are folded by the same walk, by themselves.
+        """
+        if isinstance(self.downsample, nn.Sequential):
+            self.downsample = fold_sequential(self.downsample)
 
 
 class SKBasicBlock(_SKResidual):
@@ -85,20 +95,17 @@ class SKBasicBlock(_SKResidual):
         if cardinality != 1 or base_width != 64:
             raise ValueError(
                 f'SKBasicBlock supports cardinality=1 and base_width=64 only, got {cardinality} and {base_width}; '
-                f'use SKBlock for grouped (ResNeXt) widths')
+                f'use SKBottleneck for grouped (ResNeXt) widths')
         first_planes = planes // reduce_first
         outplanes = planes * self.expansion
         self.conv1 = SelectiveKernel(
             inplanes, first_planes, stride=stride, dilation=first_dilation or dilation,
             act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
             **(sk_kwargs or {}), **dd)
-        self.conv2 = ConvNormAct(
+        self.conv2 = FusableConvNormAct(
             first_planes, outplanes, kernel_size=3, dilation=dilation, apply_act=False,
             act_layer=act_layer, norm_layer=norm_layer, **dd)
-        self.se = create_attn(attn_layer, outplanes, **dd)
-        self.act = act_layer(inplace=True)
-        self.downsample = downsample
-        self.drop_path = drop_path
+        self._init_tail(outplanes, act_layer, attn_layer, downsample, drop_path, dd)
 
     def zero_init_last(self) -> None:
         if getattr(self.conv2.bn, 'weight', None) is not None:
@@ -106,12 +113,13 @@ class SKBasicBlock(_SKResidual):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
-        if torch.jit.is_scripting():
-            return self._finish(self.conv2(out), x)
-        return self._eager_tail(self.conv2, out, x)
+        shortcut = self._shortcut(x)
+        if self.tail_in_last_conv:
+            return self.conv2.forward_add_relu(out, shortcut)
+        return self._finish(self.conv2(out), shortcut)
 
 
-class SKBlock(_SKResidual):
+class SKBottleneck(_SKResidual):
     """ResNet(Xt) bottleneck (expansion 4) whose grouped 3x3 conv is an SK unit (the paper's SKNet-50/101)."""
     expansion = 4
 
@@ -141,18 +149,15 @@ class SKBlock(_SKResidual):
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first
         outplanes = planes * self.expansion
-        self.conv1 = ConvNormAct(
+        self.conv1 = FusableConvNormAct(
             inplanes, first_planes, kernel_size=1, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.conv2 = SelectiveKernel(
             first_planes, width, stride=stride, dilation=first_dilation or dilation, groups=cardinality,
             act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
             **(sk_kwargs or {}), **dd)
-        self.conv3 = ConvNormAct(
+        self.conv3 = FusableConvNormAct(
             width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
-        self.se = create_attn(attn_layer, outplanes, **dd)
-        self.act = act_layer(inplace=True)
-        self.downsample = downsample
-        self.drop_path = drop_path
+        self._init_tail(outplanes, act_layer, attn_layer, downsample, drop_path, dd)
 
     def zero_init_last(self) -> None:
         if getattr(self.conv3.bn, 'weight', None) is not None:
@@ -160,6 +165,7 @@ class SKBlock(_SKResidual):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
-        if torch.jit.is_scripting():
-            return self._finish(self.conv3(out), x)
-        return self._eager_tail(self.conv3, out, x)
+        shortcut = self._shortcut(x)
+        if self.tail_in_last_conv:
+            return self.conv3.forward_add_relu(out, shortcut)
+        return self._finish(self.conv3(out), shortcut)

@@ -1,33 +1,36 @@
-"""SKNet models registered in timm: ``timm.create_model('sknet50')`` after ``import timm_sknet``.
+"""The SKNet family registered in timm: ``SKNet``, its ``default_cfgs`` and one entrypoint per model.
 
 House style follows ``timm/models/resnet.py``: a module-level ``default_cfgs`` (timm's registry reads it
 while ``@register_model`` runs, so it must come first), one small entrypoint per model, and
-``build_model_with_cfg`` for pretrained loading, features_only and the rest. The module is deliberately
-not called ``sknet``: timm records a model's module by its last dotted name and owns ``sknet`` already.
+``build_model_with_cfg`` for pretrained loading, features_only and the rest. The module is called
+``sknets``, not ``sknet``: timm records a model's module by its last dotted name and owns ``sknet``
+already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 
-| name     | base                       | layers   | SK unit                                    |
-|----------|----------------------------|----------|--------------------------------------------|
-| sknet18  | ResNet-18, SKBasicBlock    | 2-2-2-2  | split input, d = max(C/8, 16)              |
-| sknet34  | ResNet-34, SKBasicBlock    | 3-4-6-3  | split input, d = max(C/8, 16)              |
-| sknet50  | ResNeXt-50 32x4d, SKBlock  | 3-4-6-3  | paper: 3x3 + 3x3 dil 2, d = max(C/16, 32)  |
-| sknet101 | ResNeXt-101 32x4d, SKBlock | 3-4-23-3 | paper                                      |
-| sknet152 | ResNeXt 32x4d, SKBlock     | 3-8-36-3 | paper                                      |
-| sknet_tiny | sknet18 at 1/4 width     | 2-2-2-2  | as sknet18; ships with weights (synthetic) |
+| name       | base                            | layers   | SK unit                                   |
+|------------|---------------------------------|----------|-------------------------------------------|
+| sknet18    | ResNet-18, SKBasicBlock         | 2-2-2-2  | split input, d = max(C/8, 16)             |
+| sknet34    | ResNet-34, SKBasicBlock         | 3-4-6-3  | split input, d = max(C/8, 16)             |
+| sknet50    | ResNeXt-50 32x4d, SKBottleneck  | 3-4-6-3  | paper: 3x3 + 3x3 dil 2, d = max(C/16, 32) |
+| sknet101   | ResNeXt-101 32x4d, SKBottleneck | 3-4-23-3 | paper                                     |
+| sknet152   | ResNeXt 32x4d, SKBottleneck     | 3-8-36-3 | paper                                     |
+| sknet_tiny | sknet18 at 1/4 width            | 2-2-2-2  | as sknet18; ships with weights (synthetic)|
 """
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Type, Union
+
+from torch import nn
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
-from .embedded_model import EMBEDDED_CLASSES, WEIGHTS_FILE
-from .errors import WeightsError
+from ..errors import WeightsError
+from ..hub.download import pretrained_kwargs
+from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
+from ..layers import FusedConvAct, fold_batchnorm, fold_sequential, is_batchnorm
+from ..layers.batchnorm_fold import bn_act_parts
+from .blocks import SKBasicBlock, SKBottleneck
 from .feature_extractors import feature_kwargs
-from .fusion import StemReparam
-from .hub_weights import pretrained_kwargs
-from .sk_blocks import SKBasicBlock, SKBlock
 
 __all__ = ['SKNet']
 
@@ -41,7 +44,7 @@ class SKNet(ResNet):
     forward_intermediates, grad checkpointing, group_matcher, classifier), so timm's tooling works as is.
 
     Args:
-        block: ``SKBlock`` (bottleneck) or ``SKBasicBlock``.
+        block: ``SKBottleneck`` or ``SKBasicBlock``.
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
         num_classes: classifier outputs.
         kernel_sizes: kernel size of each SK path (the paper's 3 and 5).
@@ -57,7 +60,7 @@ class SKNet(ResNet):
 
     def __init__(
             self,
-            block: Type[Union[SKBlock, SKBasicBlock]] = SKBlock,
+            block: Type[Union[SKBottleneck, SKBasicBlock]] = SKBottleneck,
             layers: Sequence[int] = (3, 4, 6, 3),
             num_classes: int = 1000,
             kernel_sizes: Sequence[int] = (3, 5),
@@ -81,8 +84,32 @@ class SKNet(ResNet):
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
-        # timm.utils.reparameterize_model only visits children; this one folds the root's conv1 + bn1
-        self.stem_reparam = StemReparam(self)
+
+    def fuse(self) -> 'SKNet':
+        """Fold the stem's BatchNorm into the stem convolution, in place, and return the model.
+
+        The stem (``conv1``, ``bn1``, ``act1``) belongs to the model itself, so the model folds it; every
+        other part folds itself. ``timm.utils.reparameterize_model`` calls ``fuse()`` on the modules it
+        walks, which are the children of the module it is given: it reaches this method wherever an SKNet
+        is a child (``timm_sknet.inference.fuse_model``, transformers' ``TimmWrapper``, a user's
+        ``nn.Sequential``), then folds everything below. Called on a bare SKNet, timm's walk folds all but
+        the stem, whose BatchNorm stays an exact eval-mode affine; call ``fuse_model(model)`` to fold all.
+        """
+        if not is_batchnorm(self.bn1):
+            return self  # already folded
+        conv, bn = self.conv1, self.bn1
+        if isinstance(conv, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
+            conv = fold_sequential(conv)
+            conv[-1] = FusedConvAct(fold_batchnorm(conv[-1], bn))
+            self.conv1 = conv
+        elif isinstance(conv, nn.Conv2d):
+            self.conv1 = FusedConvAct(fold_batchnorm(conv, bn), act=self.act1)
+            self.act1 = nn.Identity()
+        else:
+            raise ValueError(f'cannot fold the stem: conv1 is a {type(conv).__name__}, not a Conv2d or Sequential')
+        tail = bn_act_parts(bn)
+        self.bn1 = nn.Sequential(*tail) if tail else nn.Identity()
+        return self
 
 
 def _weight_source(cfg) -> Optional[str]:
@@ -101,7 +128,7 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
                 f'{"." + cfg.tag if cfg.tag else ""}: none have been published for it anywhere. '
                 f'Pretrained tags that exist: {", ".join(available) or "none"}. Use pretrained=False to '
                 f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
-        # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see hub_weights.py).
+        # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see timm_sknet/hub/download.py).
         kwargs = pretrained_kwargs(variant, cfg, kwargs)
     # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
     kwargs = feature_kwargs(kwargs)
@@ -133,17 +160,17 @@ default_cfgs = generate_default_cfgs({
     'sknet50.ra_in1k': _timm_weights('skresnext50_32x4d.ra_in1k'),
     'sknet101.untrained': _cfg(),
     'sknet152.untrained': _cfg(),
-    # Embedded in the package (no download): 64x64 synthetic shapes, see timm_sknet/embedded_model.py.
+    # Embedded in the package (no download): 64x64 synthetic shapes, see timm_sknet/hub/embedded.py.
     'sknet_tiny.synthetic': _cfg(
         file=str(WEIGHTS_FILE), num_classes=len(EMBEDDED_CLASSES), label_names=EMBEDDED_CLASSES,
         input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, interpolation='bilinear',
-        notes=('Trained by timm-sknet on its synthetic multi-scale shapes (timm_sknet.synthetic_data); '
+        notes=('Trained by timm-sknet on its synthetic multi-scale shapes (timm_sknet.tools.synthetic_data); '
                'a demonstration model for the offline main job, not an ImageNet model.',)),
 })
 
 # SK settings of the two families: timm's split-input basic blocks, and the paper's ResNeXt units.
 _BASIC_SK = dict(block=SKBasicBlock, reduction=8, min_attn_channels=16, split_input=True)
-_PAPER_SK = dict(block=SKBlock, cardinality=32, base_width=4, reduction=16, min_attn_channels=32)
+_PAPER_SK = dict(block=SKBottleneck, cardinality=32, base_width=4, reduction=16, min_attn_channels=32)
 
 
 @register_model

@@ -1,35 +1,25 @@
 """The small SKNet that ships inside the package, trained on the synthetic shapes (``sknet_tiny.synthetic``).
 
-It lets the main job run on a machine with no network: weights, config and sample images are package
-data. The weights folder is itself a Hub-format folder (``config.json`` + ``model.safetensors``), so
+It lets the main job run on a machine with no network: the weights folder is package data. It is itself a
+Hub-format folder (``config.json`` + ``model.safetensors``), so
 ``timm.create_model('local-dir:<WEIGHTS_DIR>', pretrained=True)`` loads it as well as the registered tag.
 Reproduce it with ``scripts/train_embedded_model.sh`` (recipe and metrics: weights_card.md).
 """
-import hashlib
 from pathlib import Path
 
-from .errors import WeightsError
-from .synthetic_data import CLASSES
+from ..errors import WeightsError
+from ..file_io import sha256_file
 
-__all__ = ['EMBEDDED_TAG', 'EMBEDDED_CLASSES', 'WEIGHTS_DIR', 'WEIGHTS_FILE', 'WEIGHTS_SHA256', 'SAMPLES_DIR', 'verify_embedded_weights']
+__all__ = ['EMBEDDED_CLASSES', 'EMBEDDED_TAG', 'WEIGHTS_DIR', 'WEIGHTS_FILE', 'WEIGHTS_SHA256', 'verify_embedded_weights']
 
 EMBEDDED_TAG = 'sknet_tiny.synthetic'
-#: The six most distinct shapes of the synthetic set (``--synthetic-classes 6``).
-EMBEDDED_CLASSES = CLASSES[:6]
-_PACKAGE_DIR = Path(__file__).resolve().parent
-WEIGHTS_DIR = _PACKAGE_DIR / 'weights' / EMBEDDED_TAG
+#: Its classes: the first six shapes of ``timm_sknet.tools.synthetic_data.CLASSES`` (``--synthetic-classes 6``),
+#: written out here so that registering the model needs no image code (a test checks they agree).
+EMBEDDED_CLASSES = ('disk', 'square', 'triangle', 'cross', 'star', 'ring')
+WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights' / EMBEDDED_TAG
 WEIGHTS_FILE = WEIGHTS_DIR / 'model.safetensors'
-SAMPLES_DIR = _PACKAGE_DIR / 'samples'
 #: sha256 of WEIGHTS_FILE as published; checked before the weights are used.
 WEIGHTS_SHA256 = '93bf7533d6febeb172cd7e6926acdc555145daae55e82b3b828f6d1164529be1'
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_embedded_weights() -> Path:
@@ -43,10 +33,10 @@ def verify_embedded_weights() -> Path:
         raise WeightsError(
             f'The embedded weights {WEIGHTS_FILE} are missing: this install of timm-sknet is incomplete. '
             f'Reinstall the package, or rebuild them with scripts/train_embedded_model.sh.')
-    digest = _sha256(WEIGHTS_FILE)
+    digest = sha256_file(WEIGHTS_FILE)
     if digest != WEIGHTS_SHA256:
         raise WeightsError(
             f'The embedded weights {WEIGHTS_FILE} have sha256 {digest}, expected {WEIGHTS_SHA256}: the file is '
             f'corrupted or was changed. Reinstall the package (or, after retraining on purpose, update '
-            f'WEIGHTS_SHA256 in timm_sknet/embedded_model.py).')
+            f'WEIGHTS_SHA256 in timm_sknet/hub/embedded.py).')
     return WEIGHTS_FILE

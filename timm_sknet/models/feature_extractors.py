@@ -19,7 +19,7 @@ from typing import Any, Dict, Type, Union
 from torch import nn
 
 from timm.models import FeatureGraphNet
-from timm.models._features import FeatureGetterNet  # not re-exported by timm.models
+from timm.models._features import FeatureGetterNet  # not re-exported by timm.models (1.0.31)
 
 __all__ = ['SKFeatureGetterNet', 'SKFeatureGraphNet', 'feature_kwargs', 'resolve_feature_cls']
 

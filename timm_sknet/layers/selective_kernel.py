@@ -18,11 +18,15 @@ paper's equations; they save memory traffic and activation memory.
 from typing import List, Optional, Sequence, Type, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import ConvNormAct
+from .batchnorm_fold import fold_batchnorm
+from .conv_norm_act import FusableConvNormAct
 
-__all__ = ['SelectiveKernel', 'SelectiveKernelAttn', 'select_paths', 'attn_channels_for']
+__all__ = [
+    'FusedSelectiveKernelAttn', 'SelectiveKernel', 'SelectiveKernelAttn', 'attn_channels_for', 'select_paths',
+]
 
 #: The paper's minimum width L of the fuse MLP.
 DEFAULT_MIN_ATTN_CHANNELS = 32
@@ -43,8 +47,10 @@ def select_paths(paths: List[torch.Tensor], weights: torch.Tensor, inplace: bool
     ``weights`` has shape (B, M, C, 1, 1) and sums to 1 over M. With two paths this is a single
     ``lerp`` (one read of each path, one write), the paper's "a + b = 1" form; otherwise a running sum.
     Nothing of shape (B, M, C, H, W) is ever built. ``inplace=True`` writes the result into the path
-    tensors (no new allocation); only for inference, where nothing else holds them.
+    tensors (no new allocation); only for inference, where nothing else holds them. Under autocast the
+    softmax weights are float32 while the paths are bfloat16 / float16: they are cast to the paths' dtype.
     """
+    weights = weights.to(paths[0].dtype)
     if len(paths) == 2:
         if inplace:
             return paths[1].lerp_(paths[0], weights[:, 0])
@@ -114,10 +120,37 @@ class SelectiveKernelAttn(nn.Module):
         logits = self.fc_select(z)
         return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
 
-    def fuse(self) -> nn.Module:
-        """Inference form with ``bn`` folded into ``fc_reduce`` (called by ``timm.utils.reparameterize_model``)."""
-        from .fusion import FusedSelectiveKernelAttn
+    def fuse(self) -> 'FusedSelectiveKernelAttn':
+        """Inference form with ``bn`` folded into ``fc_reduce`` (``timm.utils.reparameterize_model`` swaps it in)."""
         return FusedSelectiveKernelAttn(self)
+
+
+class FusedSelectiveKernelAttn(SelectiveKernelAttn):
+    """``SelectiveKernelAttn`` with its BN folded into ``fc_reduce``; output: the same softmax weights.
+
+    Still a ``SelectiveKernelAttn``, so forward hooks and attention recording see the same (B, M, C, 1, 1)
+    weights. The two 1x1 convolutions act on a 1x1 map, so they run as matrix products on (B, C) rows.
+    """
+
+    def __init__(self, attn: SelectiveKernelAttn):
+        nn.Module.__init__(self)
+        self.num_paths = attn.num_paths
+        self.fc_reduce = fold_batchnorm(attn.fc_reduce, attn.bn)
+        self.bn = nn.Identity()
+        self.act = attn.act
+        self.fc_select = attn.fc_select
+
+    def forward(self, paths: List[torch.Tensor]) -> torch.Tensor:
+        s = paths[0].mean((2, 3))
+        for i in range(1, len(paths)):
+            s = s + paths[i].mean((2, 3))
+        z = self.act(F.linear(s, self.fc_reduce.weight.flatten(1), self.fc_reduce.bias))
+        logits = F.linear(z, self.fc_select.weight.flatten(1), self.fc_select.bias)
+        return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
+
+    def fuse(self) -> 'FusedSelectiveKernelAttn':
+        """Already fused: a second ``reparameterize_model`` leaves it as it is."""
+        return self
 
 
 def _as_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
@@ -200,7 +233,7 @@ class SelectiveKernel(nn.Module):
         self.split_input = split_input
         path_in_channels = in_channels // num_paths if split_input else in_channels
         self.paths = nn.ModuleList([
-            ConvNormAct(
+            FusableConvNormAct(
                 path_in_channels, out_channels, kernel_size=k, stride=stride, padding=p, dilation=d,
                 groups=groups, act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer,
                 drop_layer=drop_layer, **dd)
@@ -210,7 +243,7 @@ class SelectiveKernel(nn.Module):
             attn_channels = attn_channels_for(out_channels, reduction, min_attn_channels)
         self.attn = SelectiveKernelAttn(
             out_channels, num_paths, attn_channels, act_layer=act_layer, norm_layer=norm_layer, **dd)
-        # set by reparameterize(): in inference without autograd, select writes into the path outputs
+        # set by reparameterize(): once fused, inference without autograd selects into the path outputs
         self.inplace_select = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,9 +256,13 @@ class SelectiveKernel(nn.Module):
         return select_paths(paths, weights, inplace=self.inplace_select and not torch.is_grad_enabled())
 
     def reparameterize(self) -> None:
-        """Fold the BatchNorms of the paths and the attention, in place (``timm.utils.reparameterize_model``)."""
-        from .fusion import reparameterize_sk_unit
-        reparameterize_sk_unit(self)
+        """Switch the unit itself to its inference form: select in place into the path outputs.
+
+        ``timm.utils.reparameterize_model`` calls this, then walks on into the unit's parts, whose own
+        ``fuse()`` fold their BatchNorms (each path, and the attention). The path outputs are fresh tensors
+        that nothing else keeps, so overwriting them saves an allocation per unit.
+        """
+        self.inplace_select = True
 
 
 def _check_arguments(

@@ -22,14 +22,16 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 import timm
-from timm.utils import reparameterize_model
+
+from ..file_io import write_text_atomic
+from ..inference import fuse_model
+from ..models.complexity import count_macs
 
 __all__ = ['BenchCase', 'DEFAULT_CASES', 'QUICK_CASES', 'markdown_table', 'run_benchmark', 'sgemm_gflops']
 
@@ -83,13 +85,8 @@ def sgemm_gflops(device: torch.device = torch.device('cpu'), n: int = 2048, runs
 
 
 def _gflop_per_image(model: nn.Module, image_size: int) -> float:
-    """Forward FLOPs per image (2 x multiply-adds of convolutions and matmuls), counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-    x = torch.randn(1, 3, image_size, image_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model.eval()(x)
-    return counter.get_total_flops() / 1e9
+    """Forward FLOPs per image: 2 x the multiply-adds counted by ``models.complexity.count_macs``."""
+    return 2 * count_macs(model, (3, image_size, image_size)) / 1e9
 
 
 def _peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
@@ -150,6 +147,56 @@ class CaseResult:
     run_seconds: Dict[str, List[float]] = field(repr=False)
 
 
+def time_alternating(runners: Dict[str, Callable[[], Any]], runs: int, warmup: int,
+                     device: torch.device) -> Dict[str, List[float]]:
+    """Seconds per call of each runner, called in rotation (A B C A B C ...) so that noise hits all alike."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times: Dict[str, List[float]] = {k: [] for k in runners}
+    for _ in range(runs):
+        for k, run in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            times[k].append(time.perf_counter() - start)
+    return times
+
+
+def _same_weights_pair(timm_model: str, our_model: str):
+    """timm's model and ours with identical (random) weights: only the implementation differs."""
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_model).eval()
+    ours = timm.create_model(our_model).eval()
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def _run_case(case: BenchCase, reference: nn.Module, ours: nn.Module, fused: nn.Module, *, image_size: int,
+              runs: int, warmup: int, gflop: float, memory: bool, dev: torch.device) -> CaseResult:
+    if case.mode not in ('eval', 'train'):
+        raise ValueError(f"BenchCase.mode must be 'eval' or 'train', got {case.mode!r}")
+    models = {'timm': _prepare(reference, case, dev), 'sknet': _prepare(fused if case.mode == 'eval' else ours, case, dev)}
+    x = torch.randn(case.batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(dev)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    runners = {k: _runner(m, case, x) for k, m in models.items()}
+    # the sgemm reference is timed in the same rotation, so the roofline sees the same noise
+    times = time_alternating({**runners, 'sgemm': _sgemm_runner(dev)}, runs, warmup, dev)
+    case_sgemm = 2 * 2048 ** 3 / statistics.median(times.pop('sgemm')) / 1e9
+    ips = {k: case.batch_size / statistics.median(v) for k, v in times.items()}
+    mem = {k: (_peak_memory_mb(run, dev) if memory else None) for k, run in runners.items()}
+    mem_ratio = mem['sknet'] / mem['timm'] if mem['sknet'] and mem['timm'] else None
+    roof = case_sgemm / gflop / (3 if case.mode == 'train' else 1)  # a training step is ~3x the FLOPs
+    for m in models.values():
+        m.to(memory_format=torch.contiguous_format)
+    return CaseResult(
+        case=case.name, images_per_s=ips, ratio=ips['sknet'] / ips['timm'], sgemm_gflops=case_sgemm,
+        roofline_share={k: v / roof for k, v in ips.items()}, peak_memory_mb=mem, memory_ratio=mem_ratio,
+        runs=runs, run_seconds=times)
+
+
 def run_benchmark(
         cases: Optional[Sequence[BenchCase]] = None,
         *,
@@ -171,70 +218,31 @@ def run_benchmark(
     ``quick=True`` is a smoke test: skresnet18 vs sknet18 unless other models are named, 64x64 images,
     two short cases, three runs. Its numbers prove that the benchmark works, not how fast anything is.
     """
-    import timm_sknet  # noqa: F401  (registers sknet*)
     if quick:  # the small pair of the family: same comparison, seconds instead of minutes
         cases = cases or QUICK_CASES
         if (timm_model, our_model) == ('skresnext50_32x4d', 'sknet50'):
             timm_model, our_model = 'skresnet18', 'sknet18'
         image_size, runs, warmup = min(image_size, 64), min(runs, 3), 1
-    warmup = min(warmup, 3)
-    cases = list(cases or DEFAULT_CASES)
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-
-    torch.manual_seed(0)
-    reference = timm.create_model(timm_model).eval()
-    ours = timm.create_model(our_model).eval()
-    ours.load_state_dict(reference.state_dict())  # same weights: only the implementation differs
-    fused = reparameterize_model(ours)
+    reference, ours = _same_weights_pair(timm_model, our_model)
+    fused = fuse_model(ours)
     gflop = _gflop_per_image(ours, image_size)
     sgemm = sgemm_gflops(dev)
     log(f'sgemm 2048^3: {sgemm:.1f} GFLOP/s; {our_model}: {gflop:.2f} GFLOP/image at {image_size}; '
         f'roofline {sgemm / gflop:.2f} images/s; threads {torch.get_num_threads()}')
-
     results = []
-    for case in cases:
-        if case.mode not in ('eval', 'train'):
-            raise ValueError(f"BenchCase.mode must be 'eval' or 'train', got {case.mode!r}")
-        ours_model = fused if case.mode == 'eval' else ours
-        models = {'timm': _prepare(reference, case, dev), 'sknet': _prepare(ours_model, case, dev)}
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(case.batch_size, 3, image_size, image_size, generator=g).to(dev)
-        if case.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        runners = {k: _runner(m, case, x) for k, m in models.items()}
-        # the sgemm reference is timed in the same rotation, so the roofline sees the same noise
-        runners_and_gemm = {**runners, 'sgemm': _sgemm_runner(dev)}
-        for _ in range(warmup):
-            for run in runners_and_gemm.values():
-                run()
-        times: Dict[str, List[float]] = {k: [] for k in runners_and_gemm}
-        for _ in range(runs):
-            for k, run in runners_and_gemm.items():  # alternate: noise hits all alike
-                _sync(dev)
-                start = time.perf_counter()
-                run()
-                _sync(dev)
-                times[k].append(time.perf_counter() - start)
-        case_sgemm = 2 * 2048 ** 3 / statistics.median(times.pop('sgemm')) / 1e9
-        ips = {k: case.batch_size / statistics.median(v) for k, v in times.items()}
-        mem = {k: (_peak_memory_mb(run, dev) if memory else None) for k, run in runners.items()}
-        mem_ratio = mem['sknet'] / mem['timm'] if mem['sknet'] and mem['timm'] else None
-        roof = case_sgemm / gflop / (3 if case.mode == 'train' else 1)  # a training step is ~3x the FLOPs
-        res = CaseResult(
-            case=case.name, images_per_s=ips, ratio=ips['sknet'] / ips['timm'], sgemm_gflops=case_sgemm,
-            roofline_share={k: v / roof for k, v in ips.items()}, peak_memory_mb=mem, memory_ratio=mem_ratio,
-            runs=runs, run_seconds=times)
+    for case in list(cases or DEFAULT_CASES):
+        res = _run_case(case, reference, ours, fused, image_size=image_size, runs=runs, warmup=min(warmup, 3),
+                        gflop=gflop, memory=memory, dev=dev)
         results.append(res)
+        ips, mem_ratio = res.images_per_s, res.memory_ratio
         log(f'{case.name:>26}: timm {ips["timm"]:7.2f} img/s, sknet {ips["sknet"]:7.2f} img/s, '
-            f'x{res.ratio:.2f}, roofline {res.roofline_share["sknet"]:.0%} (sgemm {case_sgemm:.0f} GFLOP/s)'
+            f'x{res.ratio:.2f}, roofline {res.roofline_share["sknet"]:.0%} (sgemm {res.sgemm_gflops:.0f} GFLOP/s)'
             + (f', memory x{mem_ratio:.2f}' if mem_ratio else ''))
         if case.mode == 'train':  # training updated the weights: restore the shared starting point
             ours.load_state_dict(reference.state_dict())
-        for m in models.values():
-            m.to(memory_format=torch.contiguous_format)
-
     out = {
         'timm_model': timm_model, 'our_model': our_model, 'image_size': image_size, 'device': str(dev),
         'device_name': _device_name(dev), 'threads': torch.get_num_threads(), 'torch': torch.__version__,
@@ -244,9 +252,9 @@ def run_benchmark(
         'results': [asdict(r) for r in results],
     }
     if json_path:
-        _write_atomic(Path(json_path), json.dumps(out, indent=2) + '\n')
+        write_text_atomic(json_path, json.dumps(out, indent=2) + '\n')
     if markdown_path:
-        _write_atomic(Path(markdown_path), markdown_table(out) + '\n')
+        write_text_atomic(markdown_path, markdown_table(out) + '\n')
     return out
 
 
@@ -254,12 +262,6 @@ def _device_name(dev: torch.device) -> str:
     if dev.type == 'cuda':
         return torch.cuda.get_device_name(dev)
     return f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores'
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt_mb(value: Optional[float]) -> str:

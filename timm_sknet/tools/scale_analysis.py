@@ -1,43 +1,46 @@
-"""The paper's scale analysis (Li et al. 2019, Sec. 5.4, Fig. 3): does attention move to the larger kernel
-as the object grows?
+"""The paper's scale analysis (Li et al. 2019, "Analysis and Interpretation", Fig. 3): does attention move
+to the larger kernel as the object grows?
 
 For each image, the object is enlarged by a centre crop of 1/s of the model's usual view, resized back to
 the model's input size (s = 1.0, 1.5, 2.0). For each SK unit and scale we report the *mean attention
 difference*: the selection weight of the path with the largest receptive field minus that of the path with
-the smallest (for the paper's M = 2: "5x5" minus 3x3), averaged over channels, then over images.
+the smallest (for the paper's M = 2: "5x5" minus 3x3), averaged over channels, then over images. Units are
+named as in the paper, ``SK_{stage}_{block}`` (see :mod:`timm_sknet.tools.attention`).
 
 For M > 2 the same definition is used (largest-extent path minus smallest-extent path); the paths in
 between are ignored, which keeps the number comparable with the paper's two-path figure.
 
 The paper, with its trained SKNet-50 on ImageNet validation images, reports that the difference grows with
-the object size on low and middle units (SK_2_3, SK_3_4). This module measures; it concludes nothing:
-random or other weights give other numbers.
+the object size in the low and middle units (SK_2_3, SK_3_4). This module measures and says which way the
+numbers go; random or other weights give other numbers. The main job and the ``attention`` command both run
+it.
 """
 import csv
 import math
 import os
-import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from timm.data import create_transform, resolve_data_config
 
+from ..file_io import atomic_file
 from .attention import SKUnitInfo, record_sk_attention
-from .file_io import atomic_file
 from .images import load_image
 from .progress import progress
+from .synthetic_data import SyntheticShapes
 
 __all__ = [
-    'DEFAULT_SCALES', 'ScaleAnalysis', 'UnitScaleStat', 'attention_difference', 'run_scale_analysis',
-    'synthetic_images', 'zoom_transform',
+    'ANALYSIS_SCALE_RANGE', 'DEFAULT_SCALES', 'ScaleAnalysis', 'UnitScaleStat', 'attention_difference',
+    'centred_shapes', 'run_scale_analysis', 'zoom_transform',
 ]
 
 DEFAULT_SCALES = (1.0, 1.5, 2.0)
+#: Object sizes (fraction of the image side) of :func:`centred_shapes`: at most 0.45, so 2x still fits.
+ANALYSIS_SCALE_RANGE = (0.2, 0.45)
 
 CSV_COLUMNS = (
     'unit', 'module_path', 'stage', 'block', 'num_paths', 'larger_path', 'smaller_path', 'scale',
@@ -65,33 +68,16 @@ def zoom_transform(data_config: Dict[str, Any], scale: float):
     return create_transform(**config, is_training=False)
 
 
-def synthetic_images(num: int, size: int = 256, seed: int = 0) -> List[Any]:
-    """``num`` RGB images of a textured object centred on a noisy background (for runs without data).
+def centred_shapes(num: int, image_size: int = 64, seed: int = 0, num_classes: int = 6) -> List[Any]:
+    """``num`` synthetic shapes (:class:`~timm_sknet.tools.synthetic_data.SyntheticShapes`), centred and of
+    :data:`ANALYSIS_SCALE_RANGE` size, so that a 2x enlargement keeps the whole object in view.
 
-    They exercise the pipeline; they are not natural images, so what a trained model does on them says
-    little about what the paper measured.
+    They exercise the analysis without data; for a model trained on them (the embedded one) they are also
+    what it knows.
     """
-    from PIL import Image, ImageDraw, ImageFilter
-
-    rng = random.Random(seed)
-    generator = torch.Generator().manual_seed(seed)
-    images = []
-    for _ in range(num):
-        background = (torch.rand(3, 1, 1, generator=generator) * 0.6
-                      + torch.rand(3, size, size, generator=generator) * 0.25)
-        array = (background.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        image = Image.fromarray(array, 'RGB').filter(ImageFilter.GaussianBlur(radius=2))
-        draw = ImageDraw.Draw(image)
-        half = int(size * rng.uniform(0.15, 0.3))
-        cx, cy = size // 2 + rng.randint(-size // 16, size // 16), size // 2 + rng.randint(-size // 16, size // 16)
-        colour = tuple(rng.randint(0, 255) for _ in range(3))
-        stripe = tuple(255 - c for c in colour)
-        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=colour)
-        step = max(2, half // rng.randint(3, 6))
-        for x in range(cx - half, cx + half, 2 * step):
-            draw.line((x, cy - half // 2, x, cy + half // 2), fill=stripe, width=max(1, step // 2))
-        images.append(image)
-    return images
+    ds = SyntheticShapes(num, image_size=image_size, seed=seed, split='analysis', num_classes=num_classes,
+                         scale_range=ANALYSIS_SCALE_RANGE, center_jitter=0.0)
+    return [ds.image(i) for i in range(num)]
 
 
 @dataclass
@@ -134,10 +120,28 @@ class ScaleAnalysis:
             lines.append(f'{name:<12}' + ''.join(f'{self.stats[name][s].mean:>+11.4f}' for s in self.scales))
         return '\n'.join(lines)
 
+    def mean_diffs(self) -> Dict[str, List[float]]:
+        """``{unit: [mean difference at each scale]}`` in model order."""
+        return {name: [self.stats[name][s].mean for s in self.scales] for name in self.units}
+
+    def verdict(self) -> Dict[str, Any]:
+        """Which units' difference grows from the smallest to the largest scale, and a one-paragraph answer."""
+        results = self.mean_diffs()
+        grows = [n for n, v in results.items() if v[-1] > v[0]]
+        monotone = [n for n, v in results.items() if all(b > a for a, b in zip(v, v[1:]))]
+        n = len(results)
+        means = [sum(v[i] for v in results.values()) / n for i in range(len(self.scales))]
+        text = (f"Does attention to the larger kernel grow with object size (the paper's claim)? "
+                f'{_claim(len(grows), len(monotone), n)}. The difference grows from {self.scales[0]:g}x to '
+                f'{self.scales[-1]:g}x in {len(grows)} of {n} units ({", ".join(grows) or "none"}), '
+                f'monotonically over all scales in {len(monotone)}; averaged over units it goes '
+                + ' -> '.join(f'{m:+.4f}' for m in means) + '.')
+        return dict(units_growing=grows, units_monotone=monotone, mean_by_scale=means, statement=text)
+
     def write_csv(self, path: Union[str, Path]) -> Path:
         """Write :meth:`rows` as CSV, atomically (a reader never sees half a file)."""
         path = Path(path)
-        with _atomic_path(path) as tmp:
+        with atomic_file(path) as tmp:
             with open(tmp, 'w', newline='') as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
                 writer.writeheader()
@@ -173,9 +177,20 @@ class ScaleAnalysis:
         ax.set_title(f'{title}: {self.model_name}' if self.model_name else title)
         ax.legend(title='object scale')
         ax.grid(alpha=0.3)
-        with _atomic_path(path) as tmp:
+        with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=150, format=path.suffix.lstrip('.') or 'png')
         return path
+
+
+def _claim(grows: int, monotone: int, n: int) -> str:
+    if monotone == n:
+        return 'yes: in every SK unit'
+    if grows > n / 2:
+        return f'mostly: in {grows} of {n} SK units'
+    if grows:
+        return f'mostly not: it grows in {grows} of {n} SK units and does not in the other {n - grows}'
+    return f'no: it grows in none of the {n} SK units'
+
 
 
 def run_scale_analysis(
@@ -201,7 +216,7 @@ def run_scale_analysis(
         ValueError: no images or no scales; FileNotFoundError / ImageError: an unreadable image file.
     """
     if not images:
-        raise ValueError('no images given: pass image files, or use synthetic_images(n) to generate some')
+        raise ValueError('no images given: pass image files, or use centred_shapes(n) to generate some')
     scales = [float(s) for s in scales]
     if not scales:
         raise ValueError('no scales given; the paper uses 1.0, 1.5, 2.0')
@@ -240,11 +255,3 @@ def run_scale_analysis(
             std = diffs.std().item() if diffs.numel() > 1 else math.nan
             result.stats[name][scale] = UnitScaleStat(diffs.mean().item(), std, diffs.numel())
     return result
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """``atomic_file`` into a folder that is created if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        yield tmp

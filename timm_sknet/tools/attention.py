@@ -24,7 +24,7 @@ from torch import nn
 
 from timm.layers.selective_kernel import SelectiveKernelAttn as _TimmSelectiveKernelAttn
 
-from .sk_unit import SelectiveKernelAttn
+from ..layers import SelectiveKernelAttn
 
 __all__ = ['SKUnitInfo', 'SKAttentionRecord', 'find_sk_units', 'record_sk_attention', 'is_sk_attention']
 

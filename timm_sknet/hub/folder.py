@@ -6,6 +6,9 @@ front matter the Hub indexes (``library_name: timm``, license, datasets, tags) a
 the weights file. It is written to a temporary folder next to the target and renamed into place, so a failed
 export never leaves a folder that looks complete.
 
+:func:`write_model_files` is the package's one writer of that layout: the exporter here and the training
+checkpoints (``timm_sknet.tools.train_checkpoint``) both use it.
+
 Load it back (``import timm_sknet`` first, to register the architecture)::
 
     timm.create_model('local-dir:/path/to/folder', pretrained=True)
@@ -14,41 +17,48 @@ Load it back (``import timm_sknet`` first, to register the architecture)::
 Push it with ``huggingface_hub.upload_folder(repo_id='<user>/<repo>', folder_path='/path/to/folder')``
 (after ``hf auth login``), or push a model directly with ``timm.models.push_to_hf_hub``.
 """
-import os
-import shutil
-import tempfile
+import copy
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-import timm
-from timm.models import load_state_dict, save_for_hf
+from timm.models import save_for_hf
 
-from .hub_weights import WEIGHTS_FILENAME, sha256_file
+from ..file_io import atomic_folder, sha256_file
+from .checkpoint import model_from_checkpoint
+from .download import WEIGHTS_FILENAME
 
-__all__ = ['export_hub_folder', 'model_card']
+__all__ = ['export_hub_folder', 'model_card', 'write_model_files']
 
 
-def _from_checkpoint(path: Path, model_name: str, model_kwargs: Dict[str, Any]) -> nn.Module:
-    """Build ``model_name`` sized like the checkpoint (classes, input channels) and load it, strictly."""
-    state_dict = load_state_dict(str(path), weights_only=True)  # handles state_dict / state_dict_ema / module.
-    kwargs = dict(model_kwargs)
-    if 'fc.weight' in state_dict:
-        kwargs.setdefault('num_classes', state_dict['fc.weight'].shape[0])
-    elif not any(k.startswith('fc.') for k in state_dict):
-        kwargs.setdefault('num_classes', 0)
-    if 'conv1.weight' in state_dict:
-        kwargs.setdefault('in_chans', state_dict['conv1.weight'].shape[1])
-    model = timm.create_model(model_name, **kwargs)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise ValueError(
-            f'The checkpoint {path} does not match {model_name} built with {kwargs}: {str(e).splitlines()[0]}. '
-            f'Pass the model_name (and model_kwargs, e.g. layers=...) it was trained with.') from e
-    return model
+def _contiguous(model: nn.Module) -> nn.Module:
+    """``model``, or a contiguous copy of it: safetensors refuses non-contiguous (channels_last) tensors."""
+    if all(t.is_contiguous() for t in model.state_dict().values()):
+        return model
+    return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+
+
+def write_model_files(
+        model: nn.Module,
+        folder: Union[str, Path],
+        *,
+        label_names: Optional[Sequence[str]] = None,
+        data_config: Optional[Dict[str, Any]] = None,
+) -> str:
+    """Write ``config.json`` and ``model.safetensors`` of ``model`` into ``folder``; return the weights' sha256.
+
+    ``folder`` is filled as it is: callers write into a temporary folder (``file_io.atomic_folder``) that is
+    renamed into place once complete. ``model.pretrained_cfg`` supplies the preprocessing recorded in
+    config.json; ``data_config`` overrides it; ``label_names`` name the classifier's outputs.
+    """
+    folder = Path(folder)
+    model_config = {'label_names': list(label_names)} if label_names else None
+    extra = {'data_config': data_config} if data_config is not None else {}
+    with torch.no_grad():
+        save_for_hf(_contiguous(model), str(folder), model_config=model_config, safe_serialization=True, **extra)
+    return sha256_file(folder / WEIGHTS_FILENAME)
 
 
 def model_card(
@@ -150,41 +160,12 @@ def export_hub_folder(
     else:
         if not model_name:
             raise ValueError('Exporting a checkpoint needs model_name, e.g. model_name="sknet50".')
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-        model = _from_checkpoint(path, model_name, model_kwargs or {})
+        model = model_from_checkpoint(source, model_name, **(model_kwargs or {}))
     if not getattr(model, 'pretrained_cfg', None):
         raise ValueError('The model has no pretrained_cfg: create it with timm.create_model(...) to export it.')
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', suffix='.partial', dir=out_dir.parent))
-    try:
-        with torch.no_grad():
-            save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config)
-        digest = sha256_file(tmp / WEIGHTS_FILENAME)
-        (tmp / 'README.md').write_text(
-            model_card(model, digest, repo_id=repo_id, license=license, datasets=datasets, tags=tags,
-                       description=description),
-            encoding='utf-8')
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_folder(out_dir) as tmp:
+        digest = write_model_files(model, tmp, data_config=data_config)
+        card = model_card(model, digest, repo_id=repo_id, license=license, datasets=datasets, tags=tags,
+                          description=description)
+        (tmp / 'README.md').write_text(card, encoding='utf-8')
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and removed only afterwards."""
-    if target.is_dir() and any(target.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', suffix='.old', dir=target.parent))
-        os.replace(target, old)  # replaces the empty placeholder folder
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)  # a missing or empty target

@@ -13,38 +13,18 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from timm.models._hub import save_config_for_hf  # what timm.models.save_for_hf writes config.json with
+from timm.utils import update_summary
 
-from .file_io import atomic_folder
+from ..file_io import atomic_file, atomic_folder
+from ..hub.folder import write_model_files
 
-__all__ = ['TRAINING_STATE_FILE', 'write_model_folder', 'save_checkpoint', 'load_checkpoint', 'resolve_resume_path']
+__all__ = ['TRAINING_STATE_FILE', 'load_checkpoint', 'resolve_resume_path', 'save_checkpoint', 'write_metrics']
 
 TRAINING_STATE_FILE = 'training_state.pt'
 WEIGHTS_FILE = 'model.safetensors'
-
-
-def write_model_folder(
-        model: nn.Module,
-        folder: Union[str, Path],
-        label_names: Optional[Sequence[str]] = None,
-) -> Path:
-    """Write ``model`` into an existing ``folder`` in the Hub layout (config.json + model.safetensors).
-
-    This is the single place the training code writes Hub folders; the package's Hub writer can
-    replace the body without touching callers. ``model.pretrained_cfg`` supplies the preprocessing
-    (input size, mean, std, crop) recorded in config.json.
-
-    timm's ``save_for_hf`` writes the config; the weights are written here because safetensors refuses
-    non-contiguous tensors, which is what a ``channels_last`` model's conv weights are.
-    """
-    folder = Path(folder)
-    model_config = {'label_names': list(label_names)} if label_names else None
-    save_config_for_hf(model, str(folder / 'config.json'), model_config=model_config)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
-    return folder
 
 
 def save_checkpoint(
@@ -55,10 +35,22 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write a checkpoint folder: the model in Hub layout, plus ``training_state`` if given."""
     with atomic_folder(dest) as tmp:
-        write_model_folder(model, tmp, label_names)
+        write_model_files(model, tmp, label_names=label_names)
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE_FILE)
     return Path(dest)
+
+
+def write_metrics(path: Union[str, Path], history: Sequence[Dict[str, Any]]) -> Path:
+    """Write one CSV row per epoch with timm's ``update_summary`` (``epoch, train_loss, eval_*, lr``),
+    rebuilt from the full history each time and swapped in whole, so a resumed run's file stays complete."""
+    with atomic_file(path) as tmp:
+        for i, row in enumerate(history):
+            train = {k.removeprefix('train_'): v for k, v in row.items() if k.startswith('train_')}
+            train['images_per_s'] = row['images_per_s']
+            val = {k.replace('val_', '', 1): v for k, v in row.items() if 'val_' in k}
+            update_summary(row['epoch'], train, val, tmp, lr=row['lr'], write_header=i == 0)
+    return Path(path)
 
 
 def read_config(folder: Union[str, Path]) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .file_io import atomic_file
+from ..file_io import atomic_file
 
 __all__ = [
     'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_max_abs_diff',
