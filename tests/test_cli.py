@@ -1,5 +1,6 @@
 """``timm-sknet`` end to end: every subcommand once on small models and images the tests make."""
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -124,13 +125,75 @@ def test_attention_synthetic_writes_csv_and_png(capsys, tmp_path):
 
 
 def test_bench_quick_writes_json_and_markdown(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, 'bench', '--quick', '--image-size', 32, '--runs', 1, '--no-memory',
+    rc, out, err = run_cli(capsys, 'bench', '--quick', '--runs', 1, '--batch-sizes', 1, '--out', tmp_path / 'bench')
+    assert rc == 0, err
+    result = json.loads((tmp_path / 'bench.json').read_text())
+    assert result['our_model'] == 'sknet18' and result['timm_model'] == 'skresnet18' and result['image_size'] == 64
+    paths = {(r['owner'], r['backend'], r['precision']) for r in result['results']}
+    assert paths == {(o, b, 'fp32') for o in ('sknet', 'timm') for b in ('eager', 'onnxruntime')}
+    assert all(r['images_per_s'] > 0 and r['error'] <= 1e-4 for r in result['results'])
+    best = {s['precision']: s for s in result['summary']}['fp32']
+    assert best['ours_images_per_s'] == max(r['images_per_s'] for r in result['results'] if r['owner'] == 'sknet')
+    assert best['peer_images_per_s'] == max(r['images_per_s'] for r in result['results'] if r['owner'] == 'timm')
+    assert (tmp_path / 'bench.md').read_text().strip() in out
+    assert result['gemm']['peak_gflops']['fp32'] > 0
+
+
+def test_bench_training_keeps_the_eager_train_and_memory_comparison(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, 'bench', '--training', '--quick', '--image-size', 32, '--runs', 1, '--no-memory',
                            '--out', tmp_path / 'bench')
     assert rc == 0, err
     result = json.loads((tmp_path / 'bench.json').read_text())
     assert result['quick'] and result['our_model'] == 'sknet18' and result['image_size'] == 32
     assert all(r['images_per_s']['sknet'] > 0 for r in result['results'])
     assert (tmp_path / 'bench.md').read_text().strip() in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec('openvino') is None, reason='openvino not installed')
+def test_predict_on_openvino_int8_gives_the_plain_models_classes(capsys):
+    """The embedded model on its own sample images: int8 (calibrated on the synthetic shapes) agrees with fp32."""
+    from timm_sknet.tools.main_job import SAMPLES_DIR
+    images = sorted(SAMPLES_DIR.glob('*.png'))[:6]
+    answers = {}
+    for backend, precision in (('eager', 'fp32'), ('openvino', 'int8')):
+        rc, out, err = run_cli(capsys, 'predict', *images, '--model', 'sknet_tiny.synthetic', '--pretrained',
+                               '--topk', 1, '--backend', backend, '--precision', precision, '--calibration-images', 128)
+        assert rc == 0, err
+        assert f'{backend} at {precision}' in err
+        answers[backend] = [line.split()[2] for line in out.splitlines() if line.startswith('  1.')]
+    truth = [p.stem.split('_')[1] for p in images]
+    assert answers['eager'] == truth  # class names, not indices
+    assert answers['openvino'] == answers['eager']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('openvino') is None, reason='openvino not installed')
+@pytest.mark.parametrize('precision', ['fp32', 'int8'])
+def test_export_openvino_ir_loads_in_openvino_and_matches(capsys, tmp_path, trained, checkpoint, precision):
+    import openvino as ov
+
+    from timm_sknet.inference.openvino_ir import COMPILE_CONFIG
+    out_dir = tmp_path / 'ir'
+    rc, out, err = run_cli(capsys, 'export', 'openvino', out_dir, '--model', 'sknet18', '--checkpoint', checkpoint,
+                           '--img-size', 64, '--precision', precision, '--calibration-images', 64)
+    assert rc == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ['model.bin', 'model.xml']
+    compiled = ov.Core().compile_model(str(out_dir / 'model.xml'), 'CPU', COMPILE_CONFIG[precision])
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = trained(x)
+    got = torch.from_numpy(compiled(x.numpy())[0])
+    assert rel_max_diff(got, ref) < {'fp32': 1e-4, 'int8': 0.25}[precision]
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out_dir / 'model.xml')).get_ops()}
+    assert ('FakeQuantize' in ops) == (precision == 'int8'), ops  # the int8 IR is the quantized graph
+
+
+def test_runtime_options_refuse_what_cannot_run(capsys, tmp_path, checkpoint, image_path):
+    rc, _, err = run_cli(capsys, 'export', 'onnx', tmp_path / 'm.onnx', '--model', 'sknet18', '--checkpoint',
+                         checkpoint, '--precision', 'int8')
+    assert rc == 2 and 'OpenVINO setting' in err
+    rc, _, err = run_cli(capsys, 'predict', image_path, '--model', 'sknet18', '--checkpoint', checkpoint,
+                         '--backend', 'onnxruntime', '--precision', 'int8')
+    assert rc == 2 and "backend='openvino'" in err and 'Traceback' not in err
 
 
 def test_list_and_main_job_still_work(capsys, tmp_path):

@@ -265,3 +265,31 @@ def test_a_changed_private_op_signature_turns_the_fast_path_off(monkeypatch):
         monkeypatch.undo()
         onednn.available.cache_clear()
     assert onednn.available()
+
+
+def test_fused_models_run_under_cpu_bf16_autocast(monkeypatch):
+    """Under autocast the oneDNN kernels step aside (they would ignore autocast's dtypes) and the plain modules
+    follow autocast; the select step casts the float32 softmax weights to the paths' bf16 (it used to crash)."""
+    calls = _count_onednn_calls(monkeypatch)
+    model = make('sknet50-M3-os16').to(memory_format=torch.channels_last)
+    fused = fuse_model(model)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = fused(x)
+    assert calls == []
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float(), ref) < 5e-2
+
+
+@pytest.mark.parametrize('num_paths', [2, 3])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_select_paths_takes_float32_weights_for_half_precision_paths(num_paths, dtype):
+    """CUDA autocast runs softmax in float32 and convolutions in fp16/bf16: select must mix the two."""
+    paths = [torch.randn(2, 8, 5, 5) for _ in range(num_paths)]
+    weights = torch.randn(2, num_paths, 8, 1, 1).softmax(1)
+    ref = stacked_select(paths, torch.log(weights).reshape(2, -1, 1, 1))
+    for inplace in (False, True):
+        out = select_paths([p.to(dtype) for p in paths], weights, inplace=inplace)
+        assert out.dtype == dtype and rel_err(out.float(), ref) < 1e-2

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ..file_io import atomic_file
+from .outputs import output_names, relative_error, restore
 
 __all__ = [
-    'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_max_abs_diff',
+    'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_relative_error',
     'resolve_input_size',
 ]
 
@@ -66,18 +67,16 @@ def _example_input(model: nn.Module, input_size: Sequence[int], batch_size: int,
     return torch.randn(batch_size, *input_size, generator=g).to(device=device, dtype=dtype)
 
 
-def onnx_max_abs_diff(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
-    """Largest |onnxruntime(path)(x) - model(x)| (model run in eval mode on a copy)."""
+def onnx_relative_error(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
+    """max |onnxruntime(path)(x) - model(x)| / max |model(x)| over every output (model run in eval mode)."""
     import onnxruntime as ort
     ref_model = _eval_copy(model)
     with torch.inference_mode():
-        ref = ref_model(x).float().cpu()
+        ref = ref_model(x)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
-    out = torch.from_numpy(session.run(None, {name: x.detach().float().cpu().numpy()})[0])
-    if out.shape != ref.shape:
-        raise RuntimeError(f'ONNX output shape {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)}')
-    return float((out - ref).abs().max())
+    outs = [torch.from_numpy(o) for o in session.run(None, {name: x.detach().float().cpu().numpy()})]
+    return relative_error(restore(outs, ref), ref)
 
 
 def export_onnx(
@@ -91,7 +90,10 @@ def export_onnx(
         verify: bool = True,
         rtol: float = 1e-4,
 ) -> Path:
-    """Export ``model`` (plain or fused by ``timm.utils.reparameterize_model``) to an ONNX file.
+    """Export ``model`` (plain, or fused by ``timm_sknet.inference.fuse_model``) to an ONNX file.
+
+    A classifier has one output, ``output``; a ``features_only`` model one per feature map, ``feature_0``
+    to ``feature_{n-1}``. The input is ``input``.
 
     Args:
         model: the model; exported from an eval-mode copy.
@@ -99,7 +101,7 @@ def export_onnx(
         input_size: (C, H, W); default from ``model.pretrained_cfg``.
         batch_size: batch of the example input used for tracing.
         opset: ONNX opset, at least :data:`MIN_ONNX_OPSET`.
-        dynamic_batch: make the batch dimension symbolic (input ``input``, output ``output``).
+        dynamic_batch: make the batch dimension symbolic.
         verify: run the file with onnxruntime (CPU) on a different batch size and compare with PyTorch;
             raises ``RuntimeError`` if the largest difference exceeds ``rtol`` times the largest output.
         rtol: tolerance of the check, relative to the largest |output|.
@@ -111,12 +113,14 @@ def export_onnx(
         raise ValueError(f'opset must be >= {MIN_ONNX_OPSET}, got {opset}')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    import onnx  # noqa: F401  (fail early, with the package name, if the extra is missing)
+    import onnx  # (fail early, with the package name, if the extra is missing)
 
     size = resolve_input_size(model, input_size)
     export_model = _eval_copy(model)
     x = _example_input(export_model, size, batch_size)
-    axes = {'input': {0: 'batch'}, 'output': {0: 'batch'}} if dynamic_batch else None
+    with torch.inference_mode():
+        names = output_names(export_model(x))
+    axes = {n: {0: 'batch'} for n in ['input', *names]} if dynamic_batch else None
     with _atomic_path(path, '.onnx') as tmp:
         with warnings.catch_warnings():
             # the dynamo exporter would need onnxscript; the TorchScript-based one is exact here
@@ -125,18 +129,14 @@ def export_onnx(
             warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
             torch.onnx.export(
                 export_model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=['input'],
-                output_names=['output'], dynamic_axes=axes, do_constant_folding=True)
-        import onnx
+                output_names=names, dynamic_axes=axes, do_constant_folding=True)
         onnx.checker.check_model(str(tmp))
         if verify:
-            check_batch = batch_size + 1 if dynamic_batch else batch_size
-            xv = _example_input(export_model, size, check_batch, seed=1)
-            diff = onnx_max_abs_diff(tmp, export_model, xv)
-            with torch.inference_mode():
-                scale = float(export_model(xv).abs().max()) or 1.0
-            if diff > rtol * scale:
+            xv = _example_input(export_model, size, batch_size + 1 if dynamic_batch else batch_size, seed=1)
+            error = onnx_relative_error(tmp, export_model, xv)
+            if error > rtol:
                 raise RuntimeError(
-                    f'ONNX export differs from PyTorch by {diff:.3g} (> {rtol:g} x max |output| {scale:.3g}); '
+                    f'ONNX export differs from PyTorch by {error:.3g} of the largest output (> rtol {rtol:g}); '
                     f'nothing was written to {path}')
     return Path(path)
 
@@ -167,10 +167,10 @@ def export_torchscript(
             if verify:
                 loaded = torch.jit.load(str(tmp), map_location=x.device)
                 with torch.inference_mode():
-                    ref, out = export_model(x), loaded(x)
-                diff, scale = float((out - ref).abs().max()), float(ref.abs().max()) or 1.0
-                if diff > rtol * scale:
-                    raise RuntimeError(f'TorchScript differs from eager by {diff:.3g}; nothing was written to {path}')
+                    error = relative_error(loaded(x), export_model(x))
+                if error > rtol:
+                    raise RuntimeError(f'TorchScript differs from eager by {error:.3g} of the largest output '
+                                       f'(> rtol {rtol:g}); nothing was written to {path}')
     return Path(path)
 
 

@@ -79,7 +79,7 @@ def runs_fused(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
+            and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and available())
 

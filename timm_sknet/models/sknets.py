@@ -189,7 +189,10 @@ def sknet34(pretrained: bool = False, **kwargs) -> SKNet:
 
 @register_model
 def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
-    """sknet18 at a quarter of the width (stem 16, stages 16-32-64-128): 0.74M params, for small images.
+    """sknet18 at a quarter of the width (stages 16-32-64-128): 0.74M params, for small images.
+
+    The stem conv stays 64 wide: timm's plain ResNet stem ignores ``stem_width`` (only deep stems use it),
+    and the embedded weights were trained that way.
 
     Its ``synthetic`` weights ship inside the package, so it runs with no network.
     """

@@ -91,6 +91,45 @@ def _warn_random(args: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
+def _add_runtime_args(p: argparse.ArgumentParser, default_backend: Optional[str]) -> None:
+    from ..inference import BACKENDS, PRECISIONS
+    if default_backend is not None:
+        p.add_argument('--backend', choices=('auto', *BACKENDS), default=default_backend,
+                       help=f'runtime (default: {default_backend}; auto picks the fastest installed and says which)')
+    p.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                   help='fp32 (default), bf16 (CPUs with native bf16, GPUs) or int8 (openvino, calibrated)')
+    p.add_argument('--calibration-dir', default=None, metavar='DIR',
+                   help='int8: a folder of images like yours (default: the synthetic shapes)')
+    p.add_argument('--calibration-images', type=int, default=300, metavar='N',
+                   help='int8: how many calibration images (default: 300)')
+
+
+def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
+    """int8: ``--calibration-images`` from ``--calibration-dir`` or the synthetic shapes; else None."""
+    if args.precision != 'int8':
+        return None
+    from ..inference import check_backend_precision
+    from .calibration import calibration_batches
+    check_backend_precision(args.backend, args.precision)  # before spending time on calibration images
+    if args.calibration_dir is None:
+        print('timm-sknet: note: int8 calibrated on the synthetic shapes; pass --calibration-dir with '
+              'images like yours for a better int8 model', file=sys.stderr)
+    return calibration_batches(model, args.calibration_dir, num_images=args.calibration_images, input_size=input_size)
+
+
+def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Module:
+    """``model`` through ``timm_sknet.inference.optimize`` at ``--backend`` / ``--precision``."""
+    from ..inference import BackendUnavailable, OptimizationError, optimize
+    try:
+        calibration = _calibration(model, args, input_size)
+        optimized = optimize(model, args.backend, args.precision, input_size=input_size, calibration=calibration)
+    except (BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): {optimized.description}',
+          file=sys.stderr)
+    return optimized
+
+
 def class_names(model: nn.Module) -> List[str]:
     """Readable class names: ImageNet's for a 1000-class head, the cfg's ``label_names``, else indices."""
     num_classes = int(getattr(model, 'num_classes', 0) or 0)
@@ -132,8 +171,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _warn_random(args)
     if not getattr(model, 'num_classes', 0):
         raise CLIError(f'{args.model} has no classifier head (num_classes=0): nothing to predict')
-    transform = create_transform(**_data_config(model, args.img_size), is_training=False)
+    config = _data_config(model, args.img_size)
+    transform = create_transform(**config, is_training=False)
     names = class_names(model)
+    model = _optimized(model, args, config['input_size'])
     k = min(args.topk, len(names))
     batches = [list(range(i, min(i + args.batch_size, len(images)))) for i in range(0, len(images), args.batch_size)]
     for batch in progress(batches, total=len(batches), desc='predict'):
@@ -155,76 +196,126 @@ def _add_predict_parser(sub) -> None:
     p.add_argument('--topk', type=int, default=5, help='classes to show per image (default: 5)')
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: 8)')
+    _add_runtime_args(p, default_backend='eager')
     p.set_defaults(func=_cmd_predict)
 
 
+def _bench_paths(args: argparse.Namespace):
+    from .inference_benchmark import OUR_PATHS
+    if args.quick and args.backend == args.precision == 'all':
+        return [('eager', 'fp32'), ('onnxruntime', 'fp32')]  # seconds: no compilation, no quantization
+    return [(b, p) for b, p in OUR_PATHS if args.backend in ('all', b) and args.precision in ('all', p)]
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import markdown_table, run_benchmark
     json_path = md_path = None
     if args.out:
         out = Path(args.out)
         if not out.parent.is_dir():
             raise FileNotFoundError(f'folder {out.parent} does not exist; create it or choose another --out')
         json_path, md_path = out.with_suffix('.json'), out.with_suffix('.md')
-    kwargs: Dict[str, Any] = {}
-    if args.timm_model:
-        kwargs['timm_model'] = args.timm_model
-    if args.model:
-        kwargs['our_model'] = args.model
-    result = run_benchmark(
-        device=args.device, runs=args.runs, threads=args.threads, image_size=args.image_size, quick=args.quick,
-        memory=not args.no_memory, json_path=json_path, markdown_path=md_path,
-        log=lambda line: print(line, file=sys.stderr, flush=True), **kwargs)
-    print(markdown_table(result))
+    models = {k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v}
+    if args.quick:
+        models = {'our_model': 'sknet18', 'timm_model': 'skresnet18', **models}
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.training:
+        from .benchmark import markdown_table, run_benchmark
+        result = run_benchmark(device=args.device, runs=args.runs, threads=args.threads, image_size=args.image_size,
+                               quick=args.quick, memory=not args.no_memory, json_path=json_path,
+                               markdown_path=md_path, log=log, **models)
+        print(markdown_table(result))
+    else:
+        from .inference_benchmark import GEMM_SHAPES, markdown_report, run_inference_benchmark
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        paths = _bench_paths(args)
+        if not paths:
+            raise CLIError(f'no benchmark path has backend {args.backend} and precision {args.precision}')
+        result = run_inference_benchmark(
+            image_size=min(args.image_size, 64) if args.quick else args.image_size, runs=1 if args.quick else args.runs,
+            warmup=1 if args.quick else 2, batch_sizes=tuple(args.batch_sizes), paths=paths,
+            gemm_shapes=((256, 256, 256),) if args.quick else GEMM_SHAPES, json_path=json_path,
+            markdown_path=md_path, log=log, **models)
+        print(markdown_report(result))
     if args.out:
         print(f'wrote {json_path} and {md_path}', file=sys.stderr)
     return 0
 
 
 def _add_bench_parser(sub) -> None:
-    p = sub.add_parser('bench', help='speed and memory vs timm\'s own SK implementation, same weights')
+    from ..inference import BACKENDS, PRECISIONS
+    p = sub.add_parser('bench', help='inference speed of every backend and precision vs timm\'s model run the same '
+                                     'ways (--training: the eager train/eval step and its memory)')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
                    help="timm's twin of --model (default: skresnext50_32x4d; skresnet18 with --quick)")
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--runs', type=int, default=7, help='timed runs per model and case (median reported)')
+    p.add_argument('--backend', choices=('all', *BACKENDS), default='all', help='only this backend (default: all)')
+    p.add_argument('--precision', choices=('all', *PRECISIONS), default='all', help='only this precision (default: all)')
+    p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
+    p.add_argument('--training', action='store_true',
+                   help='instead: eager eval and training steps vs timm, with peak memory')
+    p.add_argument('--device', default='cpu', help='--training only: cpu or cuda')
+    p.add_argument('--runs', type=int, default=9, help='timed runs per path (median reported)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--image-size', type=int, default=224)
-    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
+    p.add_argument('--no-memory', action='store_true', help='--training only: skip the peak-memory runs')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')
     p.set_defaults(func=_cmd_bench)
 
 
+def _export_file(model: nn.Module, args: argparse.Namespace, input_size) -> Path:
+    from ..inference import export_onnx, export_torchscript
+    if args.format == 'torchscript':
+        return export_torchscript(model, args.out, method=args.method, input_size=input_size)
+    if args.format == 'onnx':
+        return export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+    from ..inference.export import resolve_input_size
+    from ..inference.openvino_ir import export_openvino
+    input_size = resolve_input_size(model, input_size)
+    calibration = _calibration(model, args, input_size)
+    return export_openvino(model, args.out, precision=args.precision, input_size=input_size, calibration=calibration)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..inference import export_onnx, export_torchscript, fuse_model
+    from ..inference import BackendUnavailable, OptimizationError, fuse_model
+    args.backend = {'onnx': 'onnxruntime', 'torchscript': 'eager'}.get(args.format, args.format)
+    if args.precision != 'fp32' and args.format != 'openvino':
+        raise CLIError(f'--precision {args.precision} is an OpenVINO setting: use the openvino format, or fp32 '
+                       f'for {args.format}')
     model = load_model(args.model, args.pretrained, args.checkpoint)
     _warn_random(args)
     if args.fused:
         model = fuse_model(model)
     input_size = (3, args.img_size, args.img_size) if args.img_size else None
-    if args.format == 'onnx':
-        try:
-            path = export_onnx(model, args.out, input_size=input_size, opset=args.opset)
-        except ModuleNotFoundError as e:
-            raise CLIError(f'ONNX export needs {e.name or "onnx"}: pip install "timm-sknet[export]"') from None
-    else:
-        path = export_torchscript(model, args.out, method=args.method, input_size=input_size)
-    print(f'wrote {path} ({args.format}, {args.model}{", fused" if args.fused else ""}, '
+    try:
+        path = _export_file(model, args, input_size)
+    except ModuleNotFoundError as e:
+        extra = 'openvino' if args.format == 'openvino' else 'export'
+        raise CLIError(f'{args.format} export needs {e.name or args.format}: pip install "timm-sknet[{extra}]"') from None
+    except (BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    print(f'wrote {path} ({args.format}, {args.precision}, {args.model}{", fused" if args.fused else ""}, '
           f'checked against PyTorch)')
+    if args.format == 'openvino':
+        from ..inference.openvino_ir import COMPILE_CONFIG
+        print(f"compile it as it was checked: ov.Core().compile_model('{path}/model.xml', 'CPU', "
+              f'{COMPILE_CONFIG[args.precision]})')
     return 0
 
 
 def _add_export_parser(sub) -> None:
     from ..inference.export import MIN_ONNX_OPSET
-    p = sub.add_parser('export', help='write ONNX or TorchScript (checked against PyTorch before it is kept)')
-    p.add_argument('format', choices=('onnx', 'torchscript'))
-    p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt)')
+    p = sub.add_parser('export', help='write ONNX, TorchScript or OpenVINO IR (checked against PyTorch before it is kept)')
+    p.add_argument('format', choices=('onnx', 'torchscript', 'openvino'),
+                   help='onnx (onnxruntime and other ONNX runtimes), torchscript, or openvino (IR folder)')
+    p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt), or a folder for openvino')
     _add_model_args(p)
     p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm_sknet.inference.fuse_model)')
     p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
     p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')
     p.add_argument('--method', choices=('script', 'trace'), default='script', help='TorchScript method')
+    _add_runtime_args(p, default_backend=None)  # the format names the runtime
     p.set_defaults(func=_cmd_export)
 
 

@@ -1,0 +1,167 @@
+"""``timm_sknet.inference.optimize``: every backend and precision against the plain model, on small inputs.
+
+The reference is always the plain (unfused, fp32, eager) model with the same weights. A backend is skipped
+only when its runtime is not installed (the test extra installs them all); bf16 is skipped on CPUs without
+native bf16, where optimize must refuse it instead (tested with the CPU's flags hidden).
+"""
+import importlib.util
+
+import pytest
+import torch
+from helpers import randomize_batchnorm
+
+import timm
+
+import timm_sknet.inference.optimized_model as optimize_module
+from timm_sknet.inference import (
+    TOLERANCES,
+    BackendUnavailable,
+    OptimizationError,
+    choose_backend,
+    native_bf16,
+    optimize,
+)
+from timm_sknet.inference.machine import read_cpuinfo
+from timm_sknet.inference.outputs import relative_error
+from timm_sknet.tools.synthetic_data import SyntheticShapes
+
+SIZE = (3, 48, 48)
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason='this CPU has no native bf16 (optimize refuses it)')
+
+
+def _installed(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def _backend_param(backend, precision):
+    marks = []
+    if backend in ('onnxruntime', 'openvino') and not _installed(backend):
+        marks.append(pytest.mark.skip(reason=f'{backend} not installed'))
+    if precision == 'bf16':
+        marks.append(needs_bf16)
+    return pytest.param(backend, precision, marks=marks, id=f'{backend}-{precision}')
+
+
+@pytest.fixture(scope='module')
+def classifier():
+    torch.manual_seed(0)
+    return randomize_batchnorm(timm.create_model('sknet18', layers=(1, 1, 1, 1), num_classes=10)).eval()
+
+
+@pytest.fixture(scope='module')
+def features():
+    torch.manual_seed(1)
+    model = timm.create_model('sknet50', layers=(1, 1, 1, 1), features_only=True, out_indices=(1, 3, 4))
+    return randomize_batchnorm(model).eval()
+
+
+def _check(optimized, model, precision, batch=3):
+    x = torch.randn(batch, *SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = model(x)
+    out = optimized(x)
+    assert relative_error(out, ref) <= TOLERANCES[precision]
+    assert [t.dtype for t in ([out] if torch.is_tensor(out) else out)] == [torch.float32] * (1 if torch.is_tensor(out) else len(out))
+    return out, ref
+
+
+@pytest.mark.parametrize('backend, precision', [
+    _backend_param('eager', 'fp32'), _backend_param('eager', 'bf16'),
+    _backend_param('onnxruntime', 'fp32'),
+    _backend_param('openvino', 'fp32'), _backend_param('openvino', 'bf16'),
+])
+def test_backend_matches_the_plain_model(classifier, features, backend, precision):
+    for model in (classifier, features):
+        optimized = optimize(model, backend, precision, input_size=SIZE)
+        assert (optimized.backend, optimized.precision) == (backend, precision)
+        out, ref = _check(optimized, model, precision)
+        if precision == 'fp32':  # fp32 must be exact up to reordering, not just within the loose tolerance
+            assert relative_error(out, ref) <= 1e-4
+
+
+@pytest.mark.parametrize('backend, precision', [_backend_param('inductor', 'fp32'), _backend_param('inductor', 'bf16')])
+def test_inductor_matches_the_plain_model(backend, precision):
+    torch.manual_seed(2)
+    model = randomize_batchnorm(timm.create_model('sknet_tiny', layers=(1, 1, 1, 1), num_classes=4)).eval()
+    optimized = optimize(model, backend, precision, input_size=SIZE)
+    _check(optimized, model, precision)
+
+
+@pytest.mark.skipif(not (_installed('openvino') and _installed('nncf')), reason='openvino / nncf not installed')
+def test_int8_keeps_the_embedded_models_accuracy_on_held_out_shapes():
+    """The README's int8 figure: calibrate on 300 training-split shapes, evaluate on 600 held-out ones."""
+    model = timm.create_model('sknet_tiny.synthetic', pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+
+    def batches(split, n, seed):
+        ds = SyntheticShapes(n, image_size=64, seed=seed, split=split, num_classes=6, transform=transform)
+        return [torch.stack([ds[i][0] for i in range(j, min(j + 100, n))]) for j in range(0, n, 100)], ds.targets
+    calibration, _ = batches('train', 300, 0)
+    held_out, labels = batches('validation', 600, 0)
+    int8 = optimize(model, 'openvino', 'int8', calibration=calibration)
+    labels = torch.tensor(labels)
+    with torch.inference_mode():
+        ref = torch.cat([model(b) for b in held_out]).argmax(1)
+    out = torch.cat([int8(b) for b in held_out]).argmax(1)
+    fp32_top1, int8_top1 = (ref == labels).float().mean().item(), (out == labels).float().mean().item()
+    assert fp32_top1 > 0.85, 'the embedded model itself works'
+    assert int8_top1 >= fp32_top1 - 0.005
+    assert (out == ref).float().mean().item() >= 0.99
+
+
+def test_int8_needs_calibration_and_the_other_backends_say_where_it_runs(classifier):
+    with pytest.raises(BackendUnavailable, match='calibration'):
+        optimize(classifier, 'openvino', 'int8', input_size=SIZE)
+    for backend in ('eager', 'inductor', 'onnxruntime'):
+        with pytest.raises(BackendUnavailable, match="backend='openvino'"):
+            optimize(classifier, backend, 'int8', input_size=SIZE)
+
+
+def test_a_result_outside_the_tolerance_is_refused(classifier, monkeypatch):
+    monkeypatch.setitem(TOLERANCES, 'fp32', 0.0)  # even reordered sums now count as wrong
+    with pytest.raises(OptimizationError, match='tolerance 0'):
+        optimize(classifier, 'onnxruntime' if _installed('onnxruntime') else 'eager', 'fp32', input_size=SIZE)
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(classifier, monkeypatch):
+    monkeypatch.setattr(optimize_module, 'native_bf16', lambda: False)
+    with pytest.raises(BackendUnavailable, match="no native bf16.*precision='fp32'"):
+        optimize(classifier, 'eager', 'bf16', input_size=SIZE)
+
+
+def test_auto_says_what_it_picked_and_why(monkeypatch):
+    installed = {'openvino': True, 'nncf': True}
+    monkeypatch.setattr(optimize_module, '_installed', lambda name: installed.get(name, False))
+    assert choose_backend('fp32', torch.device('cpu'))[0] == 'openvino'
+    assert choose_backend('int8', torch.device('cpu'))[0] == 'openvino'
+    installed['openvino'] = False
+    backend, reason = choose_backend('fp32', torch.device('cpu'))
+    assert backend == 'inductor' and 'not installed' in reason
+    with pytest.raises(BackendUnavailable, match='int8 needs OpenVINO'):
+        choose_backend('int8', torch.device('cpu'))
+    assert choose_backend('bf16', torch.device('cuda'))[0] == 'inductor'
+
+
+@pytest.mark.skipif(not _installed('openvino'), reason='openvino not installed')
+def test_auto_builds_what_it_names_and_exported_backends_refuse_another_size(classifier):
+    optimized = optimize(classifier, input_size=SIZE)
+    assert optimized.backend == choose_backend('fp32', torch.device('cpu'))[0]
+    assert optimized.reason and optimized.backend in repr(optimized)
+    with pytest.raises(ValueError, match=r'optimize again with input_size'):
+        optimized(torch.randn(1, 3, 64, 64))
+
+
+def test_unknown_backend_and_precision_are_named(classifier):
+    with pytest.raises(ValueError, match='backend must be'):
+        optimize(classifier, 'tensorrt', input_size=SIZE)
+    with pytest.raises(ValueError, match='precision must be'):
+        optimize(classifier, 'eager', 'fp16', input_size=SIZE)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512_bf16 avx512_vnni\n\n'
+                       'processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n')
+    model, flags = read_cpuinfo(str(cpuinfo))
+    assert model == 'Test CPU 9000' and {'avx2', 'avx512_bf16', 'avx512_vnni'} <= flags
+    assert read_cpuinfo(str(tmp_path / 'missing'))[1] == frozenset()

@@ -1,0 +1,204 @@
+"""The runtimes an SKNet can run in, each built from a model for one precision.
+
+Every builder returns a :class:`Runner`: a function from an input batch (torch tensor) to the model's
+outputs (torch tensors), plus a one-line description of what it runs. The model handed in is the plain
+one; each backend prepares what suits it:
+
+* ``eager``: the model with every BatchNorm folded (``fuse_model``), channels_last, oneDNN's fused conv
+  kernels on CPU; bf16 through ``torch.autocast``.
+* ``inductor``: ``torch.compile`` of the folded model with inductor's weight freezing; bf16 through
+  autocast inside the compiled graph.
+* ``onnxruntime``: the folded model exported to ONNX (``export_onnx``, checked), run by onnxruntime.
+* ``openvino``: the same ONNX file compiled by OpenVINO, with ``INFERENCE_PRECISION_HINT`` f32 or bf16;
+  int8 after post-training quantization by NNCF on calibration batches.
+
+A runtime that is not installed, or a precision a backend cannot run, raises
+:class:`BackendUnavailable` with the one command or option that fixes it.
+"""
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .export import export_onnx
+from .fuse import fuse_model
+from .outputs import Outputs, as_list, output_names, restore
+
+__all__ = ['BACKENDS', 'PRECISIONS', 'BackendUnavailable', 'Runner', 'build_runner', 'check_backend_precision']
+
+BACKENDS = ('eager', 'inductor', 'onnxruntime', 'openvino')
+PRECISIONS = ('fp32', 'bf16', 'int8')
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here, or not at this precision; the message says what to install or choose."""
+
+
+@dataclass
+class Runner:
+    """``run(x)`` gives the model's outputs for ``x``; ``description`` says what runs them."""
+    run: Callable[[torch.Tensor], Outputs]
+    description: str
+    module: Optional[nn.Module] = None  # the torch module that runs, for torch backends
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == 'bf16':
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _torch_runner(module: nn.Module, device: torch.device, precision: str, description: str) -> Runner:
+    channels_last = device.type == 'cpu' or device.type == 'cuda'
+
+    def run(x: torch.Tensor) -> Outputs:
+        x = x.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), _autocast(device, precision):
+            out = module(x)
+        return restore([t.float() for t in as_list(out)], out)
+    return Runner(run, description, module)
+
+
+def check_backend_precision(backend: str, precision: str) -> None:
+    """Refuse, with the remedy, a backend / precision pair that has no path (before any work is done)."""
+    if backend not in ('auto', *BACKENDS):
+        raise ValueError(f'backend must be auto or one of {", ".join(BACKENDS)}, got {backend!r}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    if precision == 'int8' and backend not in ('auto', 'openvino'):
+        raise BackendUnavailable(f"backend={backend!r} has no int8 path; use backend='openvino' for int8 "
+                                 "(post-training quantization with NNCF)")
+    if precision == 'bf16' and backend == 'onnxruntime':
+        raise BackendUnavailable("backend='onnxruntime' runs fp32 only here (its CPU kernels have no bf16 "
+                                 "convolutions); use backend='openvino' for bf16")
+
+
+def build_eager(model: nn.Module, precision: str, device: torch.device) -> Runner:
+    fused = fuse_model(model).eval().to(device=device, memory_format=torch.channels_last)
+    how = ', bf16 autocast' if precision == 'bf16' else ''
+    return _torch_runner(fused, device, precision, f'PyTorch eager, BatchNorm folded, channels_last{how}')
+
+
+def build_inductor(model: nn.Module, precision: str, device: torch.device) -> Runner:
+    fused = fuse_model(model).eval().to(device=device, memory_format=torch.channels_last)
+    compiled = torch.compile(fused, fullgraph=True, options={'freezing': True})
+    how = ', bf16 autocast' if precision == 'bf16' else ''
+    return _torch_runner(compiled, device, precision,
+                         f'torch.compile (inductor, freezing, fullgraph), BatchNorm folded{how}')
+
+
+def _import(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise BackendUnavailable(f'this backend needs {module}: pip install "timm-sknet[{extra}]"') from None
+
+
+def _export_to_onnx(model: nn.Module, folder: Path, input_size: Sequence[int],
+                    fold: bool = True) -> Tuple[Path, List[str]]:
+    source = (fuse_model(model) if fold else model).eval().cpu()
+    path = export_onnx(source, folder / 'model.onnx', input_size=input_size, batch_size=1)
+    with torch.inference_mode():
+        names = output_names(source(torch.zeros(1, *input_size)))
+    return path, names
+
+
+def _numpy_runner(infer: Callable, like_single: bool, description: str) -> Runner:
+    def run(x: torch.Tensor) -> Outputs:
+        outs = [torch.from_numpy(o) for o in infer(x.detach().float().cpu().numpy())]
+        return outs[0] if like_single else outs
+    return Runner(run, description)
+
+
+def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int]) -> Runner:
+    ort = _import('onnxruntime', 'onnxruntime')
+    with tempfile.TemporaryDirectory() as tmp:
+        path, names = _export_to_onnx(model, Path(tmp), input_size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+
+    def infer(x):
+        return session.run(None, {'input': x})
+    return _numpy_runner(infer, names == ['output'], f'onnxruntime {ort.__version__} CPU, fp32')
+
+
+def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
+    if calibration is None:
+        raise BackendUnavailable(
+            "precision='int8' needs calibration images: pass calibration=<batches of preprocessed images, "
+            "e.g. 300 images from your data> (the CLI uses --calibration-dir or the synthetic shapes)")
+    nncf = _import('nncf', 'openvino')
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    batches = [b.detach().float().cpu().numpy() for b in calibration]
+    if not batches:
+        raise BackendUnavailable("precision='int8' got an empty calibration set; pass at least one batch")
+    # activation ranges from the calibration set's min and max, asymmetric activations (MIXED preset):
+    # on held-out shapes this kept 99.3 % top-1 agreement, where NNCF's default percentile ranges kept
+    # 96-99 % depending on how the calibration images were batched (README, "int8")
+    advanced = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
+                         preset=nncf.QuantizationPreset.MIXED, advanced_parameters=advanced)
+
+
+def openvino_model(model: nn.Module, precision: str, input_size: Sequence[int],
+                   calibration: Optional[Iterable[torch.Tensor]] = None):
+    """``(ov.Model, output names)`` of ``model``: exported to ONNX, read by OpenVINO, int8-quantized if asked."""
+    ov = _import('openvino', 'openvino')
+    with tempfile.TemporaryDirectory() as tmp:
+        # NNCF's int8 statistics expect the attention's 1x1 convs on (B, C, 1, 1) maps, as in the plain
+        # model; OpenVINO folds the BatchNorms itself
+        path, names = _export_to_onnx(model, Path(tmp), input_size, fold=precision != 'int8')
+        ov_model = ov.Core().read_model(str(path))
+    if precision == 'int8':
+        ov_model = _quantize_int8(ov_model, calibration)
+    return ov_model, names
+
+
+def openvino_runner(ov_model, precision: str, single_output: bool) -> Runner:
+    """A :class:`Runner` for an OpenVINO model on this CPU (inference precision bf16 for bf16, else f32)."""
+    ov = _import('openvino', 'openvino')
+    hint = 'bf16' if precision == 'bf16' else 'f32'
+    config = {'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY',
+              'INFERENCE_NUM_THREADS': torch.get_num_threads()}
+    compiled = ov.Core().compile_model(ov_model, 'CPU', config)
+    request = compiled.create_infer_request()
+    outputs = list(compiled.outputs)
+
+    def infer(x):
+        result = request.infer({0: x})
+        return [result[o].copy() for o in outputs]
+    weights = 'int8 weights and activations (NNCF), ' if precision == 'int8' else ''
+    return _numpy_runner(infer, single_output,
+                         f'OpenVINO {ov.get_version().split("-")[0]} CPU, {weights}inference precision {hint}')
+
+
+def build_openvino(model: nn.Module, precision: str, input_size: Sequence[int],
+                   calibration: Optional[Iterable[torch.Tensor]] = None) -> Runner:
+    ov_model, names = openvino_model(model, precision, input_size, calibration)
+    return openvino_runner(ov_model, precision, names == ['output'])
+
+
+def build_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
+                 input_size: Sequence[int], calibration: Optional[Iterable[torch.Tensor]] = None) -> Runner:
+    """The :class:`Runner` of ``model`` on ``backend`` at ``precision`` (names as in :data:`BACKENDS`)."""
+    check_backend_precision(backend, precision)
+    if backend in ('onnxruntime', 'openvino') and device.type != 'cpu':
+        raise BackendUnavailable(f"backend={backend!r} runs on the CPU here; use backend='inductor' on {device.type}")
+    if backend == 'eager':
+        return build_eager(model, precision, device)
+    if backend == 'inductor':
+        return build_inductor(model, precision, device)
+    if backend == 'onnxruntime':
+        return build_onnxruntime(model, precision, input_size)
+    if backend == 'openvino':
+        return build_openvino(model, precision, input_size, calibration)
+    raise ValueError(f'backend must be one of {", ".join(BACKENDS)} or auto, got {backend!r}')

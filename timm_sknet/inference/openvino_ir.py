@@ -1,0 +1,45 @@
+"""Save a model as OpenVINO IR (``model.xml`` + ``model.bin``) at fp32, bf16 or int8, checked before it is kept.
+
+The IR is what OpenVINO deployments load (``ov.Core().read_model(folder / 'model.xml')``). Precision is a
+setting of OpenVINO's compiler, not of the file, so compile it as it was checked: ``core.compile_model(xml,
+'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})`` for fp32 and int8 (on CPUs with native bf16 OpenVINO
+otherwise runs f32 models in bf16, the 'bf16' export), ``'bf16'`` for bf16. :data:`COMPILE_CONFIG` gives
+the setting per precision. The weights stay f32 (bf16 needs no other file); int8 holds NNCF's quantized
+graph. The folder is written through ``file_io.atomic_folder`` after the saved files, read back and compiled, matched the plain model.
+"""
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..file_io import atomic_folder
+from .backends import openvino_model, openvino_runner
+from .export import resolve_input_size
+from .optimized_model import TOLERANCES, OptimizationError
+from .outputs import relative_error
+
+__all__ = ['COMPILE_CONFIG', 'export_openvino']
+
+#: OpenVINO compile settings under which each precision's export was checked
+COMPILE_CONFIG = {'fp32': {'INFERENCE_PRECISION_HINT': 'f32'}, 'bf16': {'INFERENCE_PRECISION_HINT': 'bf16'},
+                  'int8': {'INFERENCE_PRECISION_HINT': 'f32'}}
+
+
+def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: str = 'fp32',
+                    input_size: Optional[Sequence[int]] = None,
+                    calibration: Optional[Iterable[torch.Tensor]] = None) -> Path:
+    """Write ``out_dir/model.xml`` and ``model.bin``; raise (writing nothing) if they do not match ``model``."""
+    import openvino as ov
+    size = resolve_input_size(model, input_size)
+    ov_model, names = openvino_model(model.eval(), precision, size, calibration)
+    with atomic_folder(out_dir) as tmp:
+        ov.save_model(ov_model, str(tmp / 'model.xml'), compress_to_fp16=False)
+        runner = openvino_runner(ov.Core().read_model(str(tmp / 'model.xml')), precision, names == ['output'])
+        x = torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            error = relative_error(runner.run(x), model(x))
+        if error > TOLERANCES[precision]:
+            raise OptimizationError(f'the saved OpenVINO model differs from the plain model by {error:.3g} '
+                                    f'(tolerance {TOLERANCES[precision]:g}); nothing was written to {out_dir}')
+    return Path(out_dir)
