@@ -36,9 +36,13 @@ class CaffeFiles(NamedTuple):
     blobs: Dict[str, List[np.ndarray]]
 
 
-def _write_files(folder: Path, key: str, text: str, seed: int) -> CaffeFiles:
+def _write_files(folder: Path, key: str, text: str, seed: int, tiny_variance: bool = False) -> CaffeFiles:
     net = parse_net(text)
     blobs = random_blobs(net, seed=seed)
+    if tiny_variance:  # stem channel 0: zero filter, mean -1e-3, variance 1e-6: its output depends on eps
+        blobs['conv1/7x7_s2'][0][0] = 0
+        blobs['conv1/7x7_s2/bn'][2][0, 0], blobs['conv1/7x7_s2/bn'][3][0, 0] = -1e-3, 1e-6
+        blobs['conv1/7x7_s2/bn'][1][0, 0] = 0.1  # bias: the output stays above 0, where ReLU passes it
     prototxt, caffemodel = folder / f'{key}.prototxt', folder / f'{key}.caffemodel'
     prototxt.write_text(text)
     caffemodel.write_bytes(caffemodel_bytes(blob_list(net, blobs), name=key))
@@ -54,10 +58,10 @@ def _with_batchnorm_eps(text: str) -> str:
 
 @pytest.fixture(scope='module')
 def sknet50_files(tmp_path_factory):
-    """SKNet-50 with random weights and non-default BatchNorm eps (so the eps rule is exercised)."""
+    """SKNet-50 with random weights and non-default BatchNorm eps, which matters (so the eps rule is exercised)."""
     text = _with_batchnorm_eps(render_official_prototxt('sknet50'))
     assert text.count('eps: 0.001') == 84 and text.count('eps: 1e-06') == 1
-    return _write_files(tmp_path_factory.mktemp('sknet50'), 'sknet50', text, seed=50)
+    return _write_files(tmp_path_factory.mktemp('sknet50'), 'sknet50', text, seed=50, tiny_variance=True)
 
 
 @pytest.fixture(scope='module')
@@ -170,13 +174,35 @@ def test_a_safetensors_file_is_not_taken_for_a_caffemodel(sknet50_files, tmp_pat
     _convert_fails(sknet50_files.prototxt, foreign, tmp_path / 'out', re.escape(str(foreign)))
 
 
-def test_a_blob_of_the_wrong_shape_names_the_layer_and_both_shapes(sknet50_files, tmp_path):
+def _nan_weight(blobs):
+    weight = blobs[0].copy()
+    weight[0, 0, 0, 0] = np.nan
+    return [weight]
+
+
+@pytest.mark.parametrize('layer, change, patterns', [
+    ('conv3_2/B_fc1', lambda blobs: [np.zeros((16, 256, 1, 1), np.float32)],
+     [r'has shape \(16, 256, 1, 1\)', r'needs \(32, 256, 1, 1\)']),
+    ('conv4_1/3x3g32/bn', lambda blobs: blobs[2:] + blobs[:1], ['has 3 blobs', 'needs 4']),  # BVLC's BatchNorm
+    ('classifier', lambda blobs: blobs[:1], ['has 1 blobs', 'needs 2']),
+    ('conv2_3/1x1_increase', _nan_weight, ['NaN']),
+])
+def test_a_caffemodel_that_disagrees_with_the_prototxt_names_file_and_layer(sknet50_files, tmp_path, layer, change,
+                                                                           patterns):
     blobs = dict(sknet50_files.blobs)
-    blobs['conv3_2/B_fc1'] = [np.zeros((16, 256, 1, 1), np.float32)]
+    blobs[layer] = change(blobs[layer])
     bad = tmp_path / 'bad.caffemodel'
     bad.write_bytes(caffemodel_bytes(blob_list(sknet50_files.net, blobs)))
-    _convert_fails(sknet50_files.prototxt, bad, tmp_path / 'out', re.escape(str(bad)), "layer 'conv3_2/B_fc1'",
-                   r'\(16, 256, 1, 1\)', r'\(32, 256, 1, 1\)')
+    _convert_fails(sknet50_files.prototxt, bad, tmp_path / 'out', re.escape(str(bad)), f"layer '{layer}'", *patterns)
+
+
+def test_a_layer_of_another_type_in_the_caffemodel_is_named(sknet50_files, tmp_path):
+    layers = [(name, 'Scale' if name == 'conv4_2/1x1_reduce/bn' else kind, blobs)
+              for name, kind, blobs in blob_list(sknet50_files.net, sknet50_files.blobs)]
+    bad = tmp_path / 'bad.caffemodel'
+    bad.write_bytes(caffemodel_bytes(layers))
+    _convert_fails(sknet50_files.prototxt, bad, tmp_path / 'out', re.escape(str(bad)),
+                   "layer 'conv4_2/1x1_reduce/bn' is a Scale in the caffemodel but a CuDNNBatchNorm in the prototxt")
 
 
 def test_a_prototxt_of_another_network_names_the_first_layer_that_differs(sknet50_files, tmp_path):
