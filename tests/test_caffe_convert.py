@@ -224,6 +224,11 @@ def test_a_prototxt_of_another_network_names_the_first_layer_that_differs(sknet5
     _convert_fails(broken, sknet50_files.caffemodel, tmp_path / 'out', re.escape(str(broken)) + ':3:')
 
 
+def test_swapped_arguments_say_so(sknet50_files, tmp_path):
+    _convert_fails(sknet50_files.caffemodel, sknet50_files.prototxt, tmp_path / 'out',
+                   re.escape(str(sknet50_files.caffemodel)), 'not a text file.*swap')
+
+
 def test_files_of_the_two_networks_do_not_mix(sknet50_files, sknet101_files, tmp_path):
     _convert_fails(sknet101_files.prototxt, sknet50_files.caffemodel, tmp_path / 'out',
                    "no weights for layer 'conv4_7/1x1_reduce', which SKNet-101 needs",

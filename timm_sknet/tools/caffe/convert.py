@@ -149,10 +149,14 @@ def _convert(prototxt: PathLike, caffemodel: PathLike,
     _check_layer_sets(weighted, layers, variant, str(caffemodel))
     model = timm.create_model(variant.model, pretrained_cfg_overlay=overlay)
     state = model.state_dict()
+    converted: Dict[str, torch.Tensor] = {}
     for layer in weighted:
         name = str(layer.get('name'))
-        state.update(_blobs_to_tensors(layer, layers[name].blobs, state, _batchnorm_eps(layer), str(caffemodel)))
-    model.load_state_dict(state, strict=True)
+        converted.update(_blobs_to_tensors(layer, layers[name].blobs, state, _batchnorm_eps(layer), str(caffemodel)))
+    left = sorted(k for k in state if k not in converted and not k.endswith('num_batches_tracked'))
+    if left:  # the official networks cover every tensor; anything else is a bug here, not the user's
+        raise RuntimeError(f'{variant.model}: no Caffe blob for {left[:3]} ({len(left)} tensors)')
+    model.load_state_dict({**state, **converted}, strict=True)
     return model.eval(), variant
 
 

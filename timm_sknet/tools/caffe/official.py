@@ -17,6 +17,7 @@ One SK unit (``P`` = ``conv{stage}_{block}``, C its width, d its fuse width), af
   them, ``P/B_slice0`` / ``P/B_slice1`` reshape each to (N, C, 1, 1), ``P/B_w0/reshape`` to (N, C);
 - ``P/scale`` = a_0 * path 0 (Scale), ``P/B_axpy`` = a_1 * path 1 + that (Axpy).
 """
+import copy
 from functools import lru_cache
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -157,7 +158,6 @@ def official_net(key: str, batch: int = 1) -> Message:
     """The authors' network ``'sknet50'`` or ``'sknet101'`` as a parsed prototxt (a fresh copy to change)."""
     if key not in OFFICIAL:
         raise ValueError(f'unknown official network {key!r}; choose one of {sorted(OFFICIAL)}')
-    import copy
     return copy.deepcopy(_official_net(key, batch))
 
 
