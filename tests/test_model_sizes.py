@@ -11,8 +11,11 @@ EXPECTED = {
     'sknet101': (48.74, 8.449),   # paper: 48.9M, 8.46
     'sknet18': (11.96, 1.814),
     'sknet34': (22.28, 3.664),
+    'sknet50_caffe': (27.48, 4.463),   # the authors' Caffe models (stem pooling: same size at 224)
+    'sknet101_caffe': (48.69, 8.449),  # d = 16 in stage 2: 49,280 parameters fewer than sknet101
 }
-PAPER = {'sknet50': (27.5, 4.47), 'sknet101': (48.9, 8.46)}
+PAPER = {'sknet50': (27.5, 4.47), 'sknet101': (48.9, 8.46), 'sknet50_caffe': (27.5, 4.47),
+         'sknet101_caffe': (48.9, 8.46)}
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))

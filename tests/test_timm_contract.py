@@ -16,7 +16,8 @@ X64 = (2, 3, 64, 64)
 
 
 def test_registered_names_do_not_shadow_timm():
-    assert sorted(ALL) == ['sknet101', 'sknet152', 'sknet18', 'sknet34', 'sknet50', 'sknet_tiny']
+    assert sorted(ALL) == ['sknet101', 'sknet101_caffe', 'sknet152', 'sknet18', 'sknet34', 'sknet50', 'sknet50_caffe',
+                           'sknet_tiny']
     assert set(timm.list_models(module='sknets')) == set(ALL)
     assert timm.list_models('skresnext50_32x4d') and timm.list_models(module='sknet')  # timm's own intact
     assert timm.list_pretrained('sknet*') == [

@@ -14,8 +14,13 @@ already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 | sknet101   | ResNeXt-101 32x4d, SKBottleneck | 3-4-23-3 | paper                                     |
 | sknet152   | ResNeXt 32x4d, SKBottleneck     | 3-8-36-3 | paper                                     |
 | sknet_tiny | sknet18 at 1/4 width            | 2-2-2-2  | as sknet18; ships with weights (synthetic)|
+| sknet50_caffe  | the authors' Caffe SKNet-50  | 3-4-6-3  | paper; Caffe's stem pooling               |
+| sknet101_caffe | the authors' Caffe SKNet-101 | 3-4-23-3 | paper, but d = 16 in the second stage; Caffe's stem pooling |
+
+The ``*_caffe`` models are the networks of the authors' published Caffe models (github.com/implus/SKNet),
+layer for layer, so that ``timm-sknet convert-caffe`` (``timm_sknet.tools.caffe``) gives their exact outputs.
 """
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union
 
 from torch import nn
 
@@ -27,14 +32,36 @@ from timm.models.resnet import ResNet
 from ..errors import WeightsError
 from ..hub.download import pretrained_kwargs
 from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
-from ..layers import FusedConvAct, fold_batchnorm, fold_sequential, is_batchnorm
+from ..layers import FusedConvAct, SelectiveKernel, SelectiveKernelAttn, fold_batchnorm, fold_sequential, is_batchnorm
 from ..layers.batchnorm_fold import bn_act_parts
 from .blocks import SKBasicBlock, SKBottleneck
 from .feature_extractors import feature_kwargs
 
-__all__ = ['SKNet']
+__all__ = ['CAFFE_SOURCES', 'CaffeSource', 'SKNet']
 
 PAPER = dict(paper_ids='arXiv:1903.06586', paper_name='Selective Kernel Networks')
+
+
+class CaffeSource(NamedTuple):
+    """Where the authors publish one Caffe model (github.com/implus/SKNet, README, "Trained Models")."""
+    title: str  # the paper's name of the network
+    prototxt: str  # path in the repository
+    caffemodel_url: str  # Google Drive, reachable by users, not by this project's machines
+
+
+CAFFE_REPO = 'https://github.com/implus/SKNet'
+CAFFE_SOURCES = {
+    'sknet50_caffe': CaffeSource(
+        'SKNet-50', 'models/sknet50.prototxt',
+        'https://drive.google.com/file/d/1EKanqFkqoU3L6vgSLW3GjPciesZ2rrUH/view?usp=sharing'),
+    'sknet101_caffe': CaffeSource(
+        'SKNet-101', 'models/sknet101.prototxt',
+        'https://drive.google.com/file/d/1NEYIYeSXQeinLGU5GH2hf8T6MJytzt0U/view?usp=sharing'),
+}
+#: Caffe's input: BGR pixels in 0-255 minus these means (the SENet data pipeline, which the SKNet authors
+#: used; also what OpenVINO's model zoo documents for the SENet Caffe models). Listed here in RGB order.
+CAFFE_MEAN_RGB = (123.0, 117.0, 104.0)
+STEM_POOLS = ('timm', 'caffe')
 
 
 class SKNet(ResNet):
@@ -54,6 +81,11 @@ class SKNet(ResNet):
         min_attn_channels: L in d = max(C / r, L).
         split_input: each SK path sees 1/M of the input channels (timm's skresnet18/34).
         dilated_kernels: k > 3 as a dilated 3x3 (paper) rather than a true k x k kernel.
+        stem_pool: ``'timm'``: the stem's 3x3 stride-2 max pool pads by 1 (timm, torchvision);
+            ``'caffe'``: no padding and the output size rounded up, as Caffe pools (the authors' models).
+            They give the same size for even inputs and differ by one row / column for odd ones.
+        stage_attn_channels: the fuse width d of each stage's SK units, one entry per stage; ``None``
+            entries keep d = max(C / r, L). The authors' SKNet-101 uses ``(None, 16, None, None)``.
         **resnet_args: any other ``timm.models.resnet.ResNet`` argument (in_chans, output_stride,
             drop_rate, drop_path_rate, stem_type, attn via ``block_args``, ...).
     """
@@ -70,9 +102,12 @@ class SKNet(ResNet):
             min_attn_channels: int = 32,
             split_input: bool = False,
             dilated_kernels: bool = True,
+            stem_pool: str = 'timm',
+            stage_attn_channels: Optional[Sequence[Optional[int]]] = None,
             block_args: Optional[Dict[str, Any]] = None,
             **resnet_args: Any,
     ):
+        _check_caffe_args(stem_pool, stage_attn_channels, len(layers), resnet_args)
         sk_kwargs = dict(
             kernel_sizes=list(kernel_sizes), reduction=reduction, min_attn_channels=min_attn_channels,
             split_input=split_input, dilated_kernels=dilated_kernels)
@@ -84,6 +119,26 @@ class SKNet(ResNet):
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
+        if stem_pool == 'caffe':
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        if stage_attn_channels is not None:
+            self._set_stage_attn_channels(stage_attn_channels, resnet_args)
+
+    def _set_stage_attn_channels(self, widths: Sequence[Optional[int]], resnet_args: Dict[str, Any]) -> None:
+        """Give the SK units of stage i a fuse width of ``widths[i]`` (built new, initialised as timm's ResNet)."""
+        from timm.layers import get_act_layer, get_norm_layer
+        act_layer = get_act_layer(resnet_args.get('act_layer', nn.ReLU))
+        norm_layer = get_norm_layer(resnet_args.get('norm_layer', nn.BatchNorm2d))
+        dd = {'device': resnet_args.get('device'), 'dtype': resnet_args.get('dtype')}
+        for stage, width in enumerate(widths, start=1):
+            if width is None:
+                continue
+            for unit in getattr(self, f'layer{stage}').modules():
+                if isinstance(unit, SelectiveKernel):
+                    unit.attn = SelectiveKernelAttn(
+                        unit.out_channels, unit.num_paths, width, act_layer=act_layer, norm_layer=norm_layer, **dd)
+                    for conv in (unit.attn.fc_reduce, unit.attn.fc_select):
+                        nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
 
     def fuse(self) -> 'SKNet':
         """Fold the stem's BatchNorm into the stem convolution, in place, and return the model.
@@ -112,6 +167,22 @@ class SKNet(ResNet):
         return self
 
 
+def _check_caffe_args(
+        stem_pool: str, stage_attn_channels: Optional[Sequence[Optional[int]]], num_stages: int,
+        resnet_args: Dict[str, Any]) -> None:
+    if stem_pool not in STEM_POOLS:
+        raise ValueError(f'stem_pool must be one of {STEM_POOLS}, got {stem_pool!r}')
+    if stem_pool == 'caffe' and (resnet_args.get('aa_layer') or resnet_args.get('replace_stem_pool')):
+        raise ValueError("stem_pool='caffe' is a plain max pool: it cannot be combined with aa_layer or "
+                         'replace_stem_pool')
+    if stage_attn_channels is None:
+        return
+    widths = list(stage_attn_channels)
+    if len(widths) != num_stages or any(w is not None and (not isinstance(w, int) or w <= 0) for w in widths):
+        raise ValueError(f'stage_attn_channels must give one positive int or None per stage ({num_stages}), '
+                         f'got {stage_attn_channels!r}')
+
+
 def _weight_source(cfg) -> Optional[str]:
     return cfg.state_dict is not None and 'state_dict' or cfg.file or cfg.hf_hub_id or cfg.url or None
 
@@ -121,6 +192,8 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        if not _weight_source(cfg) and variant in CAFFE_SOURCES:
+            raise WeightsError(_convert_caffe_hint(variant))
         if not _weight_source(cfg):
             available = timm.list_pretrained('sknet*')
             raise WeightsError(
@@ -133,6 +206,17 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
     # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
     kwargs = feature_kwargs(kwargs)
     return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
+
+
+def _convert_caffe_hint(variant: str) -> str:
+    source = CAFFE_SOURCES[variant]
+    folder = variant.replace('_', '-')
+    return (
+        f'No converted weights of {variant} ship with timm-sknet: the authors publish {source.title} as a Caffe '
+        f'model without a license, so it is not redistributed here. Download the caffemodel '
+        f'({source.caffemodel_url}) and the prototxt ({CAFFE_REPO}/blob/master/{source.prototxt}), convert them '
+        f'with `timm-sknet convert-caffe {source.prototxt.rsplit("/", 1)[-1]} <file>.caffemodel {folder}/`, then '
+        f"load timm.create_model('local-dir:{folder}', pretrained=True).")
 
 
 def _cfg(hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
@@ -154,11 +238,28 @@ def _timm_weights(repo: str) -> Dict[str, Any]:
                'they load into this architecture unchanged.',))
 
 
+def _caffe_weights(variant: str) -> Dict[str, Any]:
+    """The preprocessing that makes timm's usual RGB [0, 1] input exactly Caffe's BGR 0-255 minus means.
+
+    timm feeds ``(x - mean) / std``; with mean = Caffe's means / 255 and std = 1 / 255 that is
+    ``255 x - Caffe's means``, Caffe's input in RGB order. The converter flips the first convolution's input
+    channels from BGR to RGB. Resize 256, centre crop 224, bilinear, as the authors evaluate.
+    """
+    source = CAFFE_SOURCES[variant]
+    return _cfg(
+        mean=tuple(m / 255 for m in CAFFE_MEAN_RGB), std=(1 / 255,) * 3, interpolation='bilinear',
+        license='unknown', origin_url=CAFFE_REPO,
+        notes=(f"The authors' {source.title} Caffe model, converted by `timm-sknet convert-caffe`; the "
+               f'weights are not distributed (no license): see {source.caffemodel_url}.',))
+
+
 default_cfgs = generate_default_cfgs({
     'sknet18.ra_in1k': _timm_weights('skresnet18.ra_in1k'),
     'sknet34.ra_in1k': _timm_weights('skresnet34.ra_in1k'),
     'sknet50.ra_in1k': _timm_weights('skresnext50_32x4d.ra_in1k'),
     'sknet101.untrained': _cfg(),
+    'sknet50_caffe.in1k': _caffe_weights('sknet50_caffe'),
+    'sknet101_caffe.in1k': _caffe_weights('sknet101_caffe'),
     'sknet152.untrained': _cfg(),
     # Embedded in the package (no download): 64x64 synthetic shapes, see timm_sknet/hub/embedded.py.
     'sknet_tiny.synthetic': _cfg(
@@ -219,3 +320,25 @@ def sknet152(pretrained: bool = False, **kwargs) -> SKNet:
     """SKNet-152: ResNeXt-152 32x4d depth (3-8-36-3) with the paper's SK units. No pretrained weights exist."""
     model_args = dict(layers=(3, 8, 36, 3), **_PAPER_SK)
     return _create_sknet('sknet152', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sknet50_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+    """The authors' Caffe SKNet-50: sknet50 with Caffe's stem pooling (no padding, size rounded up).
+
+    Weights: convert the authors' caffemodel with ``timm-sknet convert-caffe``; ``pretrained=True`` says how.
+    """
+    model_args = dict(layers=(3, 4, 6, 3), stem_pool='caffe', **_PAPER_SK)
+    return _create_sknet('sknet50_caffe', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sknet101_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+    """The authors' Caffe SKNet-101: sknet101 with Caffe's stem pooling and d = 16 in the second stage.
+
+    The rule d = max(C / 16, 32) gives 32 there; the published model uses 16 (48.69 M parameters).
+    Weights: convert the authors' caffemodel with ``timm-sknet convert-caffe``; ``pretrained=True`` says how.
+    """
+    model_args = dict(
+        layers=(3, 4, 23, 3), stem_pool='caffe', stage_attn_channels=(None, 16, None, None), **_PAPER_SK)
+    return _create_sknet('sknet101_caffe', pretrained, **dict(model_args, **kwargs))

@@ -3,6 +3,7 @@
 With no subcommand it runs the main job: the model table, then one forward pass.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -344,6 +345,32 @@ def _add_convert_parser(sub) -> None:
     p.set_defaults(func=_cmd_convert)
 
 
+def _cmd_convert_caffe(args: argparse.Namespace) -> int:
+    from .caffe import CaffeError, convert_caffe
+    try:
+        out = convert_caffe(args.prototxt, args.caffemodel, args.out, mean_bgr=args.mean_bgr, repo_id=args.repo_id,
+                            overwrite=args.overwrite)
+    except CaffeError as e:
+        raise CLIError(str(e)) from None
+    config = json.loads((out / 'config.json').read_text(encoding='utf-8'))
+    print(f"wrote {out} ({config['architecture']}); load it with timm.create_model('local-dir:{out}', "
+          f'pretrained=True) after import timm_sknet')
+    return 0
+
+
+def _add_convert_caffe_parser(sub) -> None:
+    from .caffe import CAFFE_MEAN_BGR
+    p = sub.add_parser('convert-caffe', help="the authors' Caffe SKNet-50/101 (prototxt + caffemodel) as a Hub folder")
+    p.add_argument('prototxt', metavar='PROTOTXT', help='sknet50.prototxt or sknet101.prototxt of github.com/implus/SKNet')
+    p.add_argument('caffemodel', metavar='CAFFEMODEL', help='the matching .caffemodel')
+    p.add_argument('out', metavar='OUT_DIR', help='folder to create (config.json, model.safetensors, README.md)')
+    p.add_argument('--mean-bgr', type=float, nargs=3, default=list(CAFFE_MEAN_BGR), metavar=('B', 'G', 'R'),
+                   help='means Caffe subtracted from 0-255 BGR pixels (default: %(default)s)')
+    p.add_argument('--repo-id', default=None, help='the Hub repo meant for it (used in the model card)')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty OUT_DIR (atomically)')
+    p.set_defaults(func=_cmd_convert_caffe)
+
+
 def _cmd_attention(args: argparse.Namespace) -> int:
     from .images import load_image
     from .scale_analysis import centred_shapes, run_scale_analysis
@@ -415,7 +442,7 @@ def _add_train_parser(sub) -> None:
 
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
-    _add_attention_parser, _add_train_parser,
+    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser,
 )
 
 
