@@ -28,7 +28,9 @@ Faults (``hub.fault = name``), each on the side where it happens on the real Hub
   (clean close at the middle, every time), ``'corrupt'`` (same size, one byte flipped), ``'expired'``
   (every signed URL has expired: 403), ``'expire-on-resume'`` (a URL's first request is reset at the middle,
   and the URL has expired when the client comes back to resume), ``'stall'`` (half the body, then nothing
-  until the fault is cleared or the hub stops; ``hub.stalled`` is set when the stall begins).
+  until the fault is cleared or the hub stops; ``hub.stalled`` is set when the stall begins), ``'slow'`` (a slow,
+  flaky network: the body in 10 pieces ``hub.slow_gap_s`` apart; a request from byte 0 is reset after half of
+  them, a resumed one gets the rest).
 
 Every request is recorded in ``hub.log`` (``Request(server, method, path, headers)``); ``hub.requests`` gives
 ``(method, path)`` pairs of both servers and ``hub.count(method, suffix, server=None)`` counts them.
@@ -48,7 +50,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = ['CDN_FAULTS', 'FAULTS', 'HUB_FAULTS', 'LocalHub', 'Request', 'lfs_pointer']
 
 HUB_FAULTS = ('500', 'size', 'gated', 'private', 'xet-token')
-CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall')
+CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall', 'slow')
 FAULTS = HUB_FAULTS + CDN_FAULTS
 _LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt')
 _URL_LIFETIME_S = 3600  # the Hub signs CDN URLs for an hour (X-Amz-Expires=3600)
@@ -126,6 +128,7 @@ class LocalHub:
         self.token = 'hf_local_test_token'
         self.head_barrier: Optional[threading.Barrier] = None  # LFS HEADs wait here (concurrency tests)
         self.stalled = threading.Event()
+        self.slow_gap_s = 0.3
         self.log: List[Request] = []
         self._fault: Optional[str] = None
         self._release = threading.Event()  # wakes stalled CDN responses
@@ -450,6 +453,15 @@ class _CdnHandler(_Handler):
         if fault in ('reset', 'truncate') or (fault == 'expire-on-resume' and start == 0):
             self.wfile.write(data[start:max(half, start)])
             self.abort(rst=fault != 'truncate')
+        elif fault == 'slow':
+            step = -(-len(data) // 10)
+            end = half if start == 0 else len(data)
+            for offset in range(start, end, step):
+                self.wfile.write(data[offset:min(offset + step, end)])
+                self.wfile.flush()
+                time.sleep(self.hub.slow_gap_s)
+            if start == 0:
+                self.abort(rst=True)
         elif fault == 'stall':
             self.wfile.write(data[start:max(half, start)])
             self.wfile.flush()

@@ -97,7 +97,7 @@ FAULT_MESSAGES = {  # fault -> what the WeightsError must say, and the remedy it
     'private': ('is private', 'hf auth login'),
     'reset': ('connection broke', 'Retry'),
     'truncate': ('connection broke', 'Retry'),
-    'corrupt': ('integrity check failed', 'Load again'),
+    'corrupt': ('integrity check failed: the sha256 of the downloaded file', 'Load again'),  # before caching
     'expired': ('refused the download URL (HTTP 403: Request has expired)', 'clock'),
 }
 
@@ -142,6 +142,18 @@ def test_a_stalled_cdn_fails_after_the_stall_timeout_and_leaves_nothing(local_hu
     assert _cache_files(hf_cache) == []
     local_hub.fault = None
     _assert_weights(_load(), sknet18_small)
+
+
+def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_hub, monkeypatch, sknet18_small):
+    """The limit is on silence, not on the download: 10 pieces 0.3 s apart, broken once, under a 1 s limit."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'slow'
+    monkeypatch.setenv(STALL_TIMEOUT_ENV, '1')
+    start = time.perf_counter()
+    _assert_weights(_load(), sknet18_small)
+    assert time.perf_counter() - start >= 2.5  # well past the limit, yet never 1 s without data
+    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
 
 
 def test_the_default_stall_timeout_is_20_s_and_the_environment_sets_it(monkeypatch):
