@@ -5,6 +5,7 @@ compared tensor by tensor with what was served, and its outputs with a model giv
 plain ``load_state_dict``.
 """
 import hashlib
+import os
 import pickle
 import socket
 import threading
@@ -222,6 +223,20 @@ def test_a_pin_loads_the_pinned_commit_and_accepts_only_its_sha256(local_hub, hf
     assert f'{SKNET18_REPO}@{old}' in str(info.value)
     # The file is what the Hub announced (not corrupt): it stays cached, no pointless re-download.
     assert any(digest in f for f in _cached_weight_files(hf_cache))
+
+
+def test_without_symlinks_the_verified_file_is_copied_into_the_snapshot(local_hub, hf_cache, monkeypatch,
+                                                                       sknet18_small):
+    """As huggingface_hub does where symlinks fail (Windows without developer mode)."""
+    _serve(local_hub, sknet18_small)
+
+    def no_symlinks(*args, **kwargs):
+        raise OSError('symbolic links are not supported here')
+
+    monkeypatch.setattr(os, 'symlink', no_symlinks)
+    _assert_weights(_load(), sknet18_small)
+    pointer = next(hf_cache.rglob('snapshots/*/model.safetensors'))
+    assert not pointer.is_symlink() and pointer.read_bytes() == sknet18_small.data
 
 
 def test_cache_dir_argument_is_honoured(local_hub, hf_cache, tmp_path, sknet18_small):

@@ -61,3 +61,14 @@ def test_the_packaged_pins_are_empty_and_exactly_what_the_script_writes_for_none
     script = _load_script()
     text = PINS_MODULE.read_text(encoding='utf-8')
     assert text.endswith(script['_HEADER'] + script['render']({}))
+
+
+def test_the_weights_card_says_which_files_are_pinned_and_which_are_checked_against_the_hub_only():
+    card = (REPO_ROOT / 'weights_card.md').read_text(encoding='utf-8').splitlines()
+    files = _load_script()['hub_weight_files']()
+    assert sorted(files) == sorted(f'{repo}/model.safetensors' for repo in REPOS)
+    for key in files:
+        rows = [line for line in card if line.startswith(f'| `{key}` |')]
+        assert len(rows) == 1, key
+        pin = package_pins.PINS.get(key)
+        assert (pin.sha256 in rows[0]) if pin else ('announces' in rows[0] and 'only' in rows[0]), rows[0]

@@ -107,8 +107,8 @@ def _wait_before_retry(err: _Retry, progress: _Progress) -> None:
     progress.tries_without_progress += 1
     if progress.tries_without_progress >= MAX_TRIES_WITHOUT_PROGRESS:
         raise TransferError(
-            f'the connection broke {progress.tries_without_progress} times in a row without delivering a byte '
-            f'({err}); {progress.of_size()} had arrived and were discarded') from err
+            f'the connection broke {progress.tries_without_progress} times in a row with no new data '
+            f'(last: {err}); {progress.of_size()} had arrived and were discarded') from err
     _stall_check(progress, err)
     time.sleep(min(_BACKOFF_S[progress.tries_without_progress - 1], max(progress.budget(), 0)))
     _stall_check(progress, err)
@@ -118,7 +118,7 @@ def _stall_check(progress: _Progress, err: Optional[BaseException]) -> None:
     if progress.budget() <= 0:
         raise TransferError(
             f'the transfer stalled: no data arrived for {progress.stall_timeout:g} s ({progress.of_size()} '
-            f'received, then {err}); the partial file was discarded',
+            f'received{f"; last: {err}" if err else ""}); the partial file was discarded',
             f'Retry on a steadier connection, or allow longer stalls with TIMM_SKNET_STALL_TIMEOUT=<seconds> '
             f'(now {progress.stall_timeout:g}); or load a local file with '
             "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors').") from err
