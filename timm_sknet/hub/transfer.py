@@ -22,7 +22,6 @@ __all__ = ['TransferError', 'download']
 
 #: consecutive attempts that bring no new byte before giving up (a broken connection is retried, resumed)
 MAX_TRIES_WITHOUT_PROGRESS = 3
-_CHUNK = 1 << 20
 _BACKOFF_S = (0.25, 0.5, 1.0)
 
 
@@ -134,7 +133,7 @@ def _attempt(url: str, f: BinaryIO, headers: Dict[str, str], progress: _Progress
         with get_session().stream('GET', url, headers=request_headers, timeout=progress.budget(),
                                   follow_redirects=True) as response:
             _check_status(response, progress, f)
-            for chunk in response.iter_bytes(chunk_size=_CHUNK):
+            for chunk in response.iter_bytes():  # as the network delivers them: the stall clock sees every byte
                 f.write(chunk)
                 progress.got(len(chunk))
                 if progress.size is not None and progress.received > progress.size:
