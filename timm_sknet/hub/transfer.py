@@ -11,6 +11,7 @@ delivering bytes never times out.
 Requests go through huggingface_hub's HTTP client (``get_session()``: its proxies, certificates and
 user agent). The caller hashes the result; nothing here decides whether the bytes are right.
 """
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,8 +191,6 @@ def _wrong_size(progress: _Progress, served: int) -> str:
 
 def _error_text(response) -> str:
     """The short reason in an S3/CloudFront-style XML or a JSON error body, else the start of the body."""
-    import re
-
     text = response.text[:2000]
     found = re.search(r'<Message>(.*?)</Message>', text) or re.search(r'"error"\s*:\s*"([^"]*)"', text)
     return (found.group(1) if found else text.strip().splitlines()[0] if text.strip() else 'no details')[:200]
