@@ -117,7 +117,7 @@ def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fa
     for part in (LABEL, SKNET18_REPO, cause, remedy):
         assert part in str(err), str(err)
     assert '\n' not in str(err)
-    assert elapsed < 5, elapsed  # no minute of retries
+    assert elapsed < 10, elapsed  # no minute of retries (about 1 s on an idle machine)
     assert _cache_files(hf_cache) == []  # no blob, no link, no partial file
 
     local_hub.fault = None

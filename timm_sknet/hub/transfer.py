@@ -23,7 +23,7 @@ __all__ = ['TransferError', 'download']
 
 #: consecutive attempts that bring no new byte before giving up (a broken connection is retried, resumed)
 MAX_TRIES_WITHOUT_PROGRESS = 3
-_BACKOFF_S = (0.25, 0.5, 1.0)
+_BACKOFF_S = (0.0, 0.5)  # a connection that broke after new data is retried at once
 
 
 class TransferError(Exception):
