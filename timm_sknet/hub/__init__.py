@@ -13,6 +13,5 @@ from .pins import PINS
 __all__ = [
     'CheckpointError', 'EMBEDDED_CLASSES', 'EMBEDDED_TAG', 'PINS', 'WEIGHTS_FILENAME', 'configured_stall_timeout',
     'export_hub_folder', 'fetch_verified_weights', 'hub_model_errors', 'model_card', 'model_from_checkpoint',
-    'read_checkpoint',
-    'verify_embedded_weights', 'write_model_files',
+    'read_checkpoint', 'verify_embedded_weights', 'write_model_files',
 ]
