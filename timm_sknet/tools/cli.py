@@ -70,7 +70,7 @@ def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = 
     """
     from timm.models import split_model_name_tag
     arch, _ = split_model_name_tag(name)
-    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(arch):
+    if not name.startswith('hf-hub:') and not timm.is_model(arch):
         raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
                        f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"}), '
                        "or a Hub repo as 'hf-hub:org/repo'")
