@@ -1,8 +1,10 @@
-"""Fixtures for tests of Hub downloads: a local Hub on 127.0.0.1 that huggingface_hub talks to, a fresh HF cache
-per test, and weights made by the tests. Import the fixtures into a test module with
-``from hub_fixtures import *``.
+"""Fixtures for tests of Hub downloads: a local Hub (127.0.0.1, its CDN on 127.0.0.2) that huggingface_hub talks
+to, a fresh HF cache per test, weights made by the tests, and the environment of a child process that loads
+from them. Import the fixtures into a test module with ``from hub_fixtures import *``.
 """
+import os
 import socket
+from pathlib import Path
 from typing import Dict, NamedTuple
 
 import pytest
@@ -15,8 +17,10 @@ import timm
 
 __all__ = [
     'ServedWeights', 'hf_cache', 'local_hub', 'point_hub_client_at', 'sknet18_small', 'sknet50_full',
-    'dead_endpoint', 'SMALL', 'SKNET18_REPO', 'SKNET50_REPO',
+    'dead_endpoint', 'child_env', 'REPO_ROOT', 'SMALL', 'SKNET18_REPO', 'SKNET50_REPO',
 ]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A reduced sknet18 (one block per stage) keeps the served file at 22 MB; it loads through the real
 # default cfg of sknet18.ra_in1k because `layers` is an ordinary create_model argument.
@@ -87,3 +91,17 @@ def dead_endpoint(monkeypatch, hf_cache):
     endpoint = f'http://127.0.0.1:{port}'
     point_hub_client_at(monkeypatch, endpoint)
     return endpoint
+
+
+def child_env(endpoint: str, cache: Path, **extra: str) -> Dict[str, str]:
+    """Environment of a child Python process that loads from ``endpoint`` into ``cache``, importing this checkout.
+
+    huggingface_hub reads HF_ENDPOINT and HF_HUB_CACHE at import, so a fresh process is pointed at the local Hub
+    by its environment alone; PYTHONPATH puts this checkout first (the shared venv may link another one).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_SKNET_'))}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY='1',
+               HF_HUB_DISABLE_IMPLICIT_TOKEN='1', HF_HUB_DISABLE_PROGRESS_BARS='1', OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+               PYTHONUNBUFFERED='1', **extra)
+    return env

@@ -1,49 +1,80 @@
-"""A Hugging Face Hub stand-in on 127.0.0.1 for tests: real HTTP, real huggingface_hub client, no outside host.
+"""A Hugging Face Hub on loopback for tests: the Hub on 127.0.0.1 and its CDN on 127.0.0.2, real HTTP.
 
-It speaks the part of the Hub protocol that ``hf_hub_download`` and ``snapshot_download`` use
-(huggingface_hub 2.x):
+It answers what huggingface_hub 2.x reads (``file_download.get_hf_file_metadata``, ``utils/_http.py``,
+``utils/_xet.py``), the way huggingface.co answers it:
 
-- ``HEAD``/``GET /{repo}/resolve/{revision}/{path}``: ``X-Repo-Commit``, ``ETag``, ``Content-Length``,
-  ``Accept-Ranges``; ``GET`` honours ``Range: bytes=N-`` (206 + ``Content-Range``). Weight files are
-  "LFS" files: their ETag is the sha256 of the content, as on the Hub; other files get the git blob sha1.
-- ``404`` with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
-- ``GET /api/models/{repo}/revision/{revision}`` and ``GET /api/models/{repo}/tree/{revision}``.
+- A small file (``config.json``, ``README.md``): ``HEAD``/``GET {hub}/{repo}/resolve/{rev}/{path}`` answer 200
+  with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``.
+- An LFS file (weights): ``HEAD`` and ``GET`` on ``/resolve`` answer **302** with ``Location:`` a signed URL on
+  the CDN (another host: 127.0.0.2, another port), ``X-Linked-Etag: "<sha256>"``, ``X-Linked-Size``,
+  ``X-Repo-Commit``, while ``ETag`` names the LFS *pointer* (its git blob sha1), as on the Hub. A client that
+  read ``ETag`` instead of ``X-Linked-Etag`` would name the blob after the pointer and fail its checks.
+  The CDN serves the bytes (``Range: bytes=N-`` gives 206 + ``Content-Range``) and refuses an expired or
+  forged signature with 403 and an S3-style XML body.
+- With ``hub.xet = True`` the HEAD also announces Xet storage: ``X-Xet-Hash`` and
+  ``Link: <{hub}/api/models/{repo}/xet-read-token/{commit}>; rel="xet-auth"``. The token route answers with
+  ``X-Xet-Cas-Url`` pointing at ``/cas`` on the CDN host, which implements no CAS protocol (404): a client
+  that took the Xet path could not get the bytes, so a test that loads proves the plain-HTTP path was used.
+- 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``; 401 with
+  ``X-Error-Code: GatedRepo`` (gated) or ``RepoNotFound`` (private) without ``hub.token``;
+  ``GET /api/models/{repo}/revision/{rev}`` and ``/tree/{rev}``.
 
-Faults are switched on per server (``hub.fault = 'reset'``) and hit the downloads of weight files:
+Faults (``hub.fault = name``), each on the side where it happens on the real Hub:
 
-- ``'500'``: every request answers 500 (HEAD included), as when the Hub is down;
-- ``'reset'``: the body stops halfway and the connection is reset (TCP RST);
-- ``'truncate'``: the body stops at half the file and the connection closes cleanly, every time, even
-  when the client resumes with a Range request;
-- ``'size'``: HEAD announces more bytes than the file has;
-- ``'corrupt'``: same length, one byte changed (the ETag still announces the true sha256).
+- Hub: ``'500'`` (every Hub request, HEAD included), ``'size'`` (``X-Linked-Size`` larger than the file),
+  ``'gated'`` / ``'private'`` (401 unless the request carries ``Authorization: Bearer <hub.token>``),
+  ``'xet-token'`` (the Xet token route answers 500).
+- CDN: ``'reset'`` (TCP RST at the middle of the file, on every request, resumed ones too), ``'truncate'``
+  (clean close at the middle, every time), ``'corrupt'`` (same size, one byte flipped), ``'expired'``
+  (every signed URL has expired: 403), ``'expire-on-resume'`` (a URL's first request is reset at the middle,
+  and the URL has expired when the client comes back to resume), ``'stall'`` (half the body, then nothing
+  until the fault is cleared or the hub stops; ``hub.stalled`` is set when the stall begins), ``'slow'`` (a slow,
+  flaky network: the body in 10 pieces ``hub.slow_gap_s`` apart; a request from byte 0 is reset after half of
+  them, a resumed one gets the rest).
 
-Every request is recorded in ``hub.requests`` as ``(method, path)``.
+Every request is recorded in ``hub.log`` (``Request(server, method, path, headers)``); ``hub.requests`` gives
+``(method, path)`` pairs of both servers and ``hub.count(method, suffix, server=None)`` counts them.
 """
 import hashlib
+import hmac
 import json
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Set, Tuple
-from urllib.parse import unquote, urlsplit
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ['LocalHub', 'FAULTS']
+__all__ = ['CDN_FAULTS', 'FAULTS', 'HUB_FAULTS', 'LocalHub', 'Request', 'lfs_pointer']
 
-FAULTS = ('500', 'reset', 'truncate', 'size', 'corrupt')
+HUB_FAULTS = ('500', 'size', 'gated', 'private', 'xet-token')
+CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall', 'slow')
+FAULTS = HUB_FAULTS + CDN_FAULTS
 _LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt')
+_URL_LIFETIME_S = 3600  # the Hub signs CDN URLs for an hour (X-Amz-Expires=3600)
 
 
-def _is_lfs(path: str) -> bool:
+class Request(NamedTuple):
+    server: str  # 'hub' or 'cdn'
+    method: str
+    path: str
+    headers: Dict[str, str]  # names in lower case
+
+
+def is_lfs(path: str) -> bool:
     return path.endswith(_LFS_SUFFIXES)
 
 
-def _etag(path: str, data: bytes) -> str:
-    if _is_lfs(path):
-        return hashlib.sha256(data).hexdigest()
+def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    """The text git stores in place of an LFS file; the Hub's ``ETag`` for the file is this text's blob sha1."""
+    return (f'version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\n'
+            f'size {len(data)}\n').encode()
 
 
 @dataclass
@@ -57,19 +88,58 @@ class _Repo:
         return revision if revision in self.commits else None
 
 
+class _Server:
+    """One ThreadingHTTPServer on a loopback address, whose stop() also closes keep-alive connections."""
+
+    def __init__(self, host: str, handler: type) -> None:
+        self.httpd = ThreadingHTTPServer((host, 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.tracker = self  # handlers register their connections here
+        self.connections: Set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f'local-hub-{host}', daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f'http://{host}:{port}'
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        with self.lock:
+            connections = list(self.connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
 class LocalHub:
     """Start with ``hub = LocalHub().start()``; stop with ``hub.stop()`` (or use it as a context manager)."""
 
     def __init__(self) -> None:
         self.repos: Dict[str, _Repo] = {}
-        self.fault: Optional[str] = None
-        self.requests: List[Tuple[str, str]] = []
+        self.xet = False
+        self.token = 'hf_local_test_token'
+        self.head_barrier: Optional[threading.Barrier] = None  # LFS HEADs wait here (concurrency tests)
+        self.stalled = threading.Event()
+        self.slow_gap_s = 0.3
+        self.log: List[Request] = []
+        self._fault: Optional[str] = None
+        self._release = threading.Event()  # wakes stalled CDN responses
+        self._secret = hashlib.sha256(str(time.time()).encode()).digest()
+        self._used_urls: Set[str] = set()
+        self._issued = 0
         self._lock = threading.Lock()
-        self._connections: Set[socket.socket] = set()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._hub: Optional[_Server] = None
+        self._cdn: Optional[_Server] = None
 
-    # ---- content -------------------------------------------------------------------------------------
+    # ---- content and faults --------------------------------------------------------------------------
     def add_commit(self, repo_id: str, files: Dict[str, bytes], branch: Optional[str] = 'main') -> str:
         """Add a commit holding ``files`` (all of them, not a diff); move ``branch`` to it. Returns its sha."""
         repo = self.repos.setdefault(repo_id, _Repo())
@@ -84,49 +154,103 @@ class LocalHub:
         return sha
 
     @property
-    def endpoint(self) -> str:
-        assert self._server is not None, 'start() the hub first'
-        host, port = self._server.server_address[:2]
-        return f'http://{host}:{port}'
+    def fault(self) -> Optional[str]:
+        return self._fault
 
-    def count(self, method: str, suffix: str = '') -> int:
+    @fault.setter
+    def fault(self, name: Optional[str]) -> None:
+        if name is not None and name not in FAULTS:
+            raise ValueError(f'unknown fault {name!r}; choose from {FAULTS}')
+        self._fault = name
+        if name == 'stall':
+            self._release.clear()
+            self.stalled.clear()
+        else:
+            self._release.set()
+
+    # ---- what was asked ------------------------------------------------------------------------------
+    @property
+    def requests(self) -> List[Tuple[str, str]]:
         with self._lock:
-            return sum(1 for m, p in self.requests if m == method and p.endswith(suffix))
+            return [(r.method, r.path) for r in self.log]
+
+    def count(self, method: str, suffix: str = '', server: Optional[str] = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.log
+                       if r.method == method and r.path.endswith(suffix) and server in (None, r.server))
 
     def reset_counts(self) -> None:
         with self._lock:
-            self.requests.clear()
+            self.log.clear()
+
+    def record(self, server: str, handler: BaseHTTPRequestHandler, path: str) -> None:
+        with self._lock:
+            self.log.append(Request(server, handler.command, path, {k.lower(): v for k, v in handler.headers.items()}))
+
+    # ---- signed CDN URLs -----------------------------------------------------------------------------
+    def signed_url(self, data: bytes, filename: str) -> str:
+        """A fresh URL on the CDN for ``data``, signed until it expires (every call gives another URL)."""
+        expires = int(time.time()) + (-60 if self.fault == 'expired' else _URL_LIFETIME_S)
+        with self._lock:
+            self._issued += 1
+            issued = self._issued
+        path = f'/lfs/{hashlib.sha256(data).hexdigest()}/{quote(filename.rsplit("/", 1)[-1])}'
+        query = f'Expires={expires}&Id={issued}'
+        return f'{self.cdn_url}{path}?{query}&Signature={self._sign(path, query)}'
+
+    def _sign(self, path: str, query: str) -> str:
+        return hmac.new(self._secret, f'{path}?{query}'.encode(), 'sha256').hexdigest()
+
+    def check_signature(self, path: str, query: str) -> Optional[str]:
+        """None if the URL is valid now, else why it is refused."""
+        params = parse_qs(query)
+        try:
+            expires, issued, signature = int(params['Expires'][0]), params['Id'][0], params['Signature'][0]
+        except (KeyError, ValueError):
+            return 'Query-string authentication requires the Signature and Expires parameters'
+        if not hmac.compare_digest(signature, self._sign(path, f'Expires={expires}&Id={issued}')):
+            return 'The request signature we calculated does not match the signature you provided'
+        with self._lock:
+            used = signature in self._used_urls
+            self._used_urls.add(signature)
+        if expires < time.time() or (used and self.fault == 'expire-on-resume'):
+            return 'Request has expired'
+        return None
+
+    def blob(self, sha256: str) -> Optional[bytes]:
+        for repo in self.repos.values():
+            for files in repo.commits.values():
+                for data in files.values():
+                    if hashlib.sha256(data).hexdigest() == sha256:
+                        return data
+        return None
+
+    def wait_for_release(self, timeout: float = 120) -> None:
+        self.stalled.set()
+        self._release.wait(timeout)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        assert self._hub is not None, 'start() the hub first'
+        return self._hub.url
+
+    @property
+    def cdn_url(self) -> str:
+        assert self._cdn is not None, 'start() the hub first'
+        return self._cdn.url
+
     def start(self) -> 'LocalHub':
-        hub = self
-
-        class Handler(_HubHandler):
-            pass
-
-        Handler.hub = hub
-        self._server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name='local-hub', daemon=True)
-        self._thread.start()
+        self._hub = _Server('127.0.0.1', type('Handler', (_HubHandler,), {'hub': self}))
+        self._cdn = _Server('127.0.0.2', type('Handler', (_CdnHandler,), {'hub': self}))
         return self
 
     def stop(self) -> None:
-        """Stop serving and close keep-alive connections too (``shutdown()`` alone leaves them served)."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-        self._server = None
+        self._release.set()
+        for server in (self._hub, self._cdn):
+            if server is not None:
+                server.stop()
+        self._hub = self._cdn = None
 
     def __enter__(self) -> 'LocalHub':
         return self.start()
@@ -135,27 +259,39 @@ class LocalHub:
         self.stop()
 
 
-class _HubHandler(BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'  # keep-alive, like the real Hub
+class _Handler(BaseHTTPRequestHandler):
+    """What both servers share: keep-alive, connection tracking, sending helpers."""
+
+    protocol_version = 'HTTP/1.1'  # keep-alive, like the real Hub and CDN
     hub: LocalHub
 
     def setup(self) -> None:
         super().setup()
-        with self.hub._lock:
-            self.hub._connections.add(self.connection)
+        server = self.server.tracker
+        with server.lock:
+            server.connections.add(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            with self.hub._lock:
-                self.hub._connections.discard(self.connection)
+            server = self.server.tracker
+            with server.lock:
+                server.connections.discard(self.connection)
 
     def log_message(self, format: str, *args) -> None:  # keep pytest output clean
         pass
 
-    # ---- helpers -------------------------------------------------------------------------------------
-    def _send(self, status: int, headers: Dict[str, str], body: bytes = b'') -> None:
+    def do_HEAD(self) -> None:
+        self.route()
+
+    def do_GET(self) -> None:
+        self.route()
+
+    def route(self) -> None:
+        raise NotImplementedError
+
+    def send(self, status: int, headers: Dict[str, str], body: bytes = b'') -> None:
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -165,16 +301,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         if self.command != 'HEAD' and body:
             self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str, extra: Optional[Dict[str, str]] = None) -> None:
-        body = json.dumps({'error': message}).encode()
-        headers = {'Content-Type': 'application/json', 'X-Error-Code': code, 'X-Error-Message': message}
-        headers.update(extra or {})
-        self._send(status, headers, body)
-
-    def _json(self, obj) -> None:
-        self._send(200, {'Content-Type': 'application/json'}, json.dumps(obj).encode())
-
-    def _abort(self, rst: bool) -> None:
+    def abort(self, rst: bool) -> None:
         """Drop the connection: an RST (reset) or a clean FIN (truncation)."""
         self.wfile.flush()
         if rst:
@@ -183,95 +310,181 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_WR)
         self.close_connection = True
 
-    # ---- routes --------------------------------------------------------------------------------------
-    def do_HEAD(self) -> None:
-        self._route()
 
-    def do_GET(self) -> None:
-        self._route()
+class _HubHandler(_Handler):
+    def error(self, status: int, code: Optional[str], message: str, extra: Optional[Dict[str, str]] = None) -> None:
+        body = json.dumps({'error': message}).encode()
+        headers = {'Content-Type': 'application/json', 'X-Error-Message': message}
+        if code:
+            headers['X-Error-Code'] = code
+        headers.update(extra or {})
+        self.send(status, headers, body)
 
-    def _route(self) -> None:
+    def route(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        with self.hub._lock:
-            self.hub.requests.append((self.command, path))
+        self.hub.record('hub', self, path)
         if self.hub.fault == '500':
-            self._error(500, 'InternalServerError', 'simulated server error')
+            self.error(500, None, 'Internal Error - We\'re working hard to fix this as soon as possible!')
             return
         parts = path.strip('/').split('/')
-        if parts[:2] == ['api', 'models'] and len(parts) >= 6 and parts[4] in ('revision', 'tree'):
-            self._api(f'{parts[2]}/{parts[3]}', parts[4], '/'.join(parts[5:]))
+        if parts[:2] == ['api', 'models'] and len(parts) >= 6:
+            self.api(f'{parts[2]}/{parts[3]}', parts[4], '/'.join(parts[5:]))
         elif len(parts) >= 5 and parts[2] == 'resolve':
-            self._resolve(f'{parts[0]}/{parts[1]}', parts[3], '/'.join(parts[4:]))
+            self.resolve(f'{parts[0]}/{parts[1]}', parts[3], '/'.join(parts[4:]))
         else:
-            self._error(404, 'RepoNotFound', f'no route for {path}')
+            self.error(404, 'RepoNotFound', f'no route for {path}')
 
-    def _lookup(self, repo_id: str, revision: str) -> Optional[Tuple[_Repo, str]]:
+    def lookup(self, repo_id: str, revision: str) -> Optional[Tuple[_Repo, str]]:
+        """The repo and commit, or None once an error (401 / 404, as the Hub words them) has been sent."""
         repo = self.hub.repos.get(repo_id)
         if repo is None:
-            self._error(404, 'RepoNotFound', f'Repository {repo_id} not found')
+            self.error(401 if self.headers.get('Authorization') is None else 404, 'RepoNotFound', 'Repository not found')
+            return None
+        if self.hub.fault in ('gated', 'private') and self.headers.get('Authorization') != f'Bearer {self.hub.token}':
+            if self.hub.fault == 'gated':
+                self.error(401, 'GatedRepo', f'Access to model {repo_id} is restricted. You must have access to it '
+                                             'and be authenticated to access it. Please log in.')
+            else:
+                self.error(401, 'RepoNotFound', 'Invalid username or password.')
             return None
         sha = repo.resolve(revision)
         if sha is None:
-            self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}')
+            self.error(404, 'RevisionNotFound', f'Invalid rev id: {revision}')
             return None
         return repo, sha
 
-    def _api(self, repo_id: str, kind: str, revision: str) -> None:
-        found = self._lookup(repo_id, revision)
+    def api(self, repo_id: str, kind: str, revision: str) -> None:
+        found = self.lookup(repo_id, revision)
         if found is None:
             return
         repo, sha = found
         files = repo.commits[sha]
         if kind == 'revision':
-            self._json({'id': repo_id, 'sha': sha, 'siblings': [{'rfilename': p} for p in sorted(files)]})
+            self.send_json({'id': repo_id, 'sha': sha, 'siblings': [{'rfilename': p} for p in sorted(files)]})
+        elif kind == 'tree':
+            self.send_json([_tree_entry(p, d) for p, d in sorted(files.items())])
+        elif kind == 'xet-read-token':
+            self.xet_token()
         else:
-            self._json([
-                {'type': 'file', 'path': p, 'size': len(d), 'oid': _etag(p, d)} for p, d in sorted(files.items())])
+            self.error(404, None, f'no route for {kind}')
 
-    def _resolve(self, repo_id: str, revision: str, filename: str) -> None:
-        found = self._lookup(repo_id, revision)
+    def xet_token(self) -> None:
+        if self.hub.fault == 'xet-token':
+            self.error(500, None, 'could not issue a Xet token')
+            return
+        self.send(200, {'X-Xet-Cas-Url': f'{self.hub.cdn_url}/cas', 'X-Xet-Access-Token': 'xet-test-token',
+                        'X-Xet-Token-Expiration': str(int(time.time()) + 600)})
+
+    def send_json(self, obj) -> None:
+        self.send(200, {'Content-Type': 'application/json'}, json.dumps(obj).encode())
+
+    def resolve(self, repo_id: str, revision: str, filename: str) -> None:
+        found = self.lookup(repo_id, revision)
         if found is None:
             return
         repo, sha = found
         data = repo.commits[sha].get(filename)
         if data is None:
-            self._error(404, 'EntryNotFound', f'{filename} does not exist at {revision}', {'X-Repo-Commit': sha})
-            return
-        fault = self.hub.fault if _is_lfs(filename) else None
-        headers = {
-            'X-Repo-Commit': sha, 'ETag': f'"{_etag(filename, data)}"', 'Accept-Ranges': 'bytes',
-            'Content-Type': 'application/octet-stream',
-        }
-        if self.command == 'HEAD':
-            size = len(data) + 1000 if fault == 'size' else len(data)
-            self._send(200, dict(headers, **{'Content-Length': str(size)}))
-            return
+            self.error(404, 'EntryNotFound', f'{filename} does not exist at {revision}', {'X-Repo-Commit': sha})
+        elif is_lfs(filename):
+            self.redirect_to_cdn(repo_id, sha, filename, data)
+        else:
+            headers = {'X-Repo-Commit': sha, 'ETag': f'"{git_blob_sha1(data)}"', 'Accept-Ranges': 'bytes',
+                       'Content-Type': 'text/plain; charset=utf-8'}
+            self.send(200, headers, data)
 
+    def redirect_to_cdn(self, repo_id: str, sha: str, filename: str, data: bytes) -> None:
+        """What the Hub answers for an LFS file: 302 to a signed CDN URL, metadata in X-Linked-* headers."""
+        if self.command == 'HEAD' and self.hub.head_barrier is not None:
+            self.hub.head_barrier.wait()
+        size = len(data) + 1000 if self.hub.fault == 'size' else len(data)
+        location = self.hub.signed_url(data, filename)
+        body = f'Found. Redirecting to {location}'.encode()
+        headers = {
+            'Location': location, 'X-Repo-Commit': sha, 'ETag': f'"{git_blob_sha1(lfs_pointer(data))}"',
+            'X-Linked-Etag': f'"{hashlib.sha256(data).hexdigest()}"', 'X-Linked-Size': str(size),
+            'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': str(len(body)),
+        }
+        if self.hub.xet:
+            headers['X-Xet-Hash'] = _xet_hash(data)
+            headers['Link'] = f'<{self.hub.endpoint}/api/models/{repo_id}/xet-read-token/{sha}>; rel="xet-auth"'
+        self.send(302, headers, body)
+
+
+class _CdnHandler(_Handler):
+    def route(self) -> None:
+        parts = urlsplit(self.path)
+        path = unquote(parts.path)
+        self.hub.record('cdn', self, path)
+        segments = path.strip('/').split('/')
+        if segments[0] != 'lfs' or len(segments) != 3:  # includes /cas: no Xet protocol here
+            self.send(404, {'Content-Type': 'application/xml'}, b'<Error><Code>NoSuchKey</Code></Error>')
+            return
+        refused = self.hub.check_signature(parts.path, parts.query)
+        data = self.hub.blob(segments[1])
+        if refused or data is None:
+            code = 'AccessDenied' if refused else 'NoSuchKey'
+            body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{refused}</Message>' \
+                   f'</Error>'.encode()
+            self.send(403 if refused else 404, {'Content-Type': 'application/xml'}, body)
+            return
+        self.serve_bytes(data)
+
+    def serve_bytes(self, data: bytes) -> None:
+        fault = self.hub.fault
         if fault == 'corrupt':
             mid = len(data) // 2
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
-        start = 0
-        range_header = self.headers.get('Range')
-        if range_header and range_header.startswith('bytes='):
-            start = int(range_header[len('bytes='):].split('-')[0] or 0)
+        start = _range_start(self.headers.get('Range'))
         if start >= len(data) and len(data):
-            self._send(416, {'Content-Range': f'bytes */{len(data)}'})
+            self.send(416, {'Content-Range': f'bytes */{len(data)}'})
             return
-        body = data[start:]
-        status = 200
+        headers = {'Content-Type': 'application/octet-stream', 'Accept-Ranges': 'bytes',
+                   'ETag': f'"{hashlib.md5(data).hexdigest()}"', 'Content-Length': str(len(data) - start)}
         if start:
-            status = 206
             headers['Content-Range'] = f'bytes {start}-{len(data) - 1}/{len(data)}'
-        headers['Content-Length'] = str(len(body))
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if fault == 'reset':
-            self.wfile.write(body[:len(body) // 2])
-            self._abort(rst=True)
-        elif fault == 'truncate':
-            self.wfile.write(body[:max(len(data) // 2 - start, 0)])
-            self._abort(rst=False)
+        self.send(206 if start else 200, headers)
+        if self.command == 'HEAD':
+            return
+        self.write_body(data, start, fault)
+
+    def write_body(self, data: bytes, start: int, fault: Optional[str]) -> None:
+        half = len(data) // 2
+        if fault in ('reset', 'truncate') or (fault == 'expire-on-resume' and start == 0):
+            self.wfile.write(data[start:max(half, start)])
+            self.abort(rst=fault != 'truncate')
+        elif fault == 'slow':
+            step = -(-len(data) // 10)
+            end = half if start == 0 else len(data)
+            for offset in range(start, end, step):
+                self.wfile.write(data[offset:min(offset + step, end)])
+                self.wfile.flush()
+                time.sleep(self.hub.slow_gap_s)
+            if start == 0:
+                self.abort(rst=True)
+        elif fault == 'stall':
+            self.wfile.write(data[start:max(half, start)])
+            self.wfile.flush()
+            self.hub.wait_for_release()
+            self.abort(rst=False)
         else:
-            self.wfile.write(body)
+            self.wfile.write(data[start:])
+
+
+def _range_start(header: Optional[str]) -> int:
+    if header and header.startswith('bytes='):
+        return int(header[len('bytes='):].split('-')[0] or 0)
+    return 0
+
+
+def _xet_hash(data: bytes) -> str:
+    """Stands in for the Xet merkle hash (64 hex, but not the sha256: they differ on the Hub too)."""
+    return hashlib.sha256(b'xet-merkle:' + data).hexdigest()
+
+
+def _tree_entry(path: str, data: bytes) -> dict:
+    if not is_lfs(path):
+        return {'type': 'file', 'path': path, 'size': len(data), 'oid': git_blob_sha1(data)}
+    pointer = lfs_pointer(data)
+    return {'type': 'file', 'path': path, 'size': len(data), 'oid': git_blob_sha1(pointer),
+            'lfs': {'oid': hashlib.sha256(data).hexdigest(), 'size': len(data), 'pointerSize': len(pointer)}}

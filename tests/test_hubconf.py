@@ -10,6 +10,8 @@ from hub_fixtures import SKNET50_REPO
 
 import timm
 
+from timm_sknet import WeightsError
+
 REPO_DIR = str(Path(__file__).resolve().parents[1])
 
 
@@ -77,3 +79,15 @@ def test_github_style_load_passes_all_kwargs(hub_dir, local_hub, sknet50_full):
                               out_indices=(1, 3), trust_repo=True, skip_validation=True, verbose=False)
     assert features.feature_info.channels() == [256, 1024]
     assert torch.equal(features.conv1.weight, sknet50_full.state_dict['conv1.weight'])
+
+
+@pytest.mark.parametrize('fault, what', [('expired', 'HTTP 403'), ('corrupt', 'integrity check failed')])
+def test_torch_hub_load_turns_hub_failures_into_weights_error(fault, what, local_hub, hf_cache):
+    """torch.hub's entrypoints go through the same verified download: one WeightsError, nothing cached."""
+    local_hub.add_commit(SKNET50_REPO, {'model.safetensors': b'\0' * 4096})  # never loaded: each fault stops it
+    local_hub.fault = fault
+    with pytest.raises(WeightsError) as info:
+        torch.hub.load(REPO_DIR, 'sknet50', source='local', pretrained=True)
+    msg = str(info.value)
+    assert all(part in msg for part in ('sknet50.ra_in1k', f"repo '{SKNET50_REPO}'", what)), msg
+    assert not list(hf_cache.rglob('blobs/*'))

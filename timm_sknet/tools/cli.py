@@ -15,6 +15,7 @@ import timm
 
 from ..errors import WeightsError
 from ..hub.checkpoint import CheckpointError, model_from_checkpoint
+from ..hub.failures import hub_model_errors
 from ..models.complexity import PUBLISHED, measure
 from .images import ImageError
 
@@ -70,13 +71,15 @@ def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = 
     """
     from timm.models import split_model_name_tag
     arch, _ = split_model_name_tag(name)
-    if not timm.is_model(arch):
+    if not name.startswith('hf-hub:') and not timm.is_model(arch):
         raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
-                       f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"})')
+                       f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"}), '
+                       "or a Hub repo as 'hf-hub:org/repo'")
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, name, **kwargs)
     else:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with hub_model_errors(name):  # hf-hub: timm fetches config.json itself, before any timm_sknet code
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     return model.eval()
 
 

@@ -1,0 +1,255 @@
+"""The weights path against the Hub's real protocol (tests/local_hub.py): the 302 to a CDN on another host, the
+X-Linked-* headers, signed URLs that expire, Xet announcements, 401 for gated and private repos, and faults on
+either side. Each fault gives one WeightsError naming model, repo, cause and remedy, leaves nothing in the cache
+that a later load would trust, and the next load after the fault clears succeeds with one download.
+"""
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hub_fixtures import *  # noqa: F401,F403  (fixtures)
+from hub_fixtures import SKNET18_REPO, SMALL
+from huggingface_hub import constants as hf_constants
+from local_hub import git_blob_sha1, lfs_pointer
+
+import timm
+
+from timm_sknet import WeightsError
+from timm_sknet.hub import configured_stall_timeout
+from timm_sknet.hub.download import DEFAULT_STALL_TIMEOUT_S, STALL_TIMEOUT_ENV
+
+LABEL = 'sknet18.ra_in1k'
+WEIGHTS = 'model.safetensors'
+
+
+def _serve(hub, weights, repo=SKNET18_REPO):
+    return hub.add_commit(repo, {WEIGHTS: weights.data, 'config.json': b'{"architecture": "sknet18"}'})
+
+
+def _load(**kwargs):
+    return timm.create_model('sknet18', pretrained=True, **SMALL, **kwargs)
+
+
+def _assert_weights(model, weights):
+    sd = model.state_dict()
+    assert sd.keys() == weights.state_dict.keys()
+    for k, v in weights.state_dict.items():
+        assert torch.equal(sd[k], v), k
+
+
+def _cache_files(cache: Path):
+    """Every file of the cache but locks and refs: blobs, snapshot links, temporary files of downloads."""
+    if not cache.exists():
+        return []
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob('*')
+                  if (p.is_file() or p.is_symlink()) and '.locks' not in p.parts and 'refs' not in p.parts
+                  and p.name != 'CACHEDIR.TAG')
+
+
+# ---- the protocol --------------------------------------------------------------------------------------------
+def test_weights_come_from_the_cdn_and_the_blob_is_named_by_x_linked_etag(local_hub, hf_cache, sknet18_small):
+    """The sha256 is only in X-Linked-Etag: a client that read ETag (the LFS pointer's id) would fail here."""
+    _serve(local_hub, sknet18_small)
+    digest = hashlib.sha256(sknet18_small.data).hexdigest()
+    pointer_etag = git_blob_sha1(lfs_pointer(sknet18_small.data))
+    assert pointer_etag != digest and len(pointer_etag) == 40  # the two headers really differ
+
+    _assert_weights(_load(), sknet18_small)
+    assert local_hub.count('HEAD', WEIGHTS, server='hub') == 1
+    assert local_hub.count('GET', WEIGHTS, server='hub') == 0  # the Hub only redirects
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
+    blobs = [f for f in _cache_files(hf_cache) if '/blobs/' in f]
+    assert blobs == [f'models--timm--skresnet18.ra_in1k/blobs/{digest}']
+    assert not any(pointer_etag in f for f in _cache_files(hf_cache))
+
+
+def test_the_token_goes_to_the_hub_and_never_to_the_cdn(local_hub, monkeypatch, sknet18_small):
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'gated'
+    monkeypatch.setattr(hf_constants, 'HF_HUB_DISABLE_IMPLICIT_TOKEN', False)
+    monkeypatch.setenv('HF_TOKEN', local_hub.token)
+    _assert_weights(_load(), sknet18_small)
+    hub_auth = [r.headers.get('authorization') for r in local_hub.log if r.server == 'hub']
+    cdn_headers = [r.headers for r in local_hub.log if r.server == 'cdn']
+    assert hub_auth == [f'Bearer {local_hub.token}']
+    assert cdn_headers and not any('authorization' in h for h in cdn_headers)
+
+
+def test_an_expired_url_is_renewed_and_the_download_resumes(local_hub, hf_cache, sknet18_small):
+    """The first GET breaks mid-body and the URL has expired when the client comes back: ask the Hub again."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'expire-on-resume'
+    _assert_weights(_load(), sknet18_small)
+    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
+    assert len(ranges) == 3 and ranges[0] is None  # first GET, then the refused resume, then the renewed one
+    assert ranges[1] == ranges[2] and int(ranges[1][len('bytes='):-1]) > 0
+    assert local_hub.count('HEAD', WEIGHTS, server='hub') == 2  # the second HEAD fetched a fresh URL
+    assert not [f for f in _cache_files(hf_cache) if f.endswith('.tmp')]
+
+
+# ---- faults, each side ---------------------------------------------------------------------------------------
+FAULT_MESSAGES = {  # fault -> what the WeightsError must say, and the remedy it must give
+    '500': ('HTTP 500', 'Retry'),
+    'size': ('wrong size', 'Retry'),
+    'gated': ('gated', 'hf auth login'),
+    'private': ('is private', 'hf auth login'),
+    'reset': ('connection broke', 'Retry'),
+    'truncate': ('connection broke', 'Retry'),
+    'corrupt': ('integrity check failed: the sha256 of the downloaded file', 'Load again'),  # before caching
+    'expired': ('refused the download URL (HTTP 403: Request has expired)', 'clock'),
+}
+
+
+@pytest.mark.parametrize('fault', sorted(FAULT_MESSAGES))
+def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fault, local_hub, hf_cache,
+                                                                              sknet18_small):
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = fault
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        _load()
+    elapsed = time.perf_counter() - start
+    err = info.value
+    assert type(err) is WeightsError and isinstance(err, OSError)
+    cause, remedy = FAULT_MESSAGES[fault]
+    for part in (LABEL, SKNET18_REPO, cause, remedy):
+        assert part in str(err), str(err)
+    assert '\n' not in str(err)
+    assert elapsed < 10, elapsed  # no minute of retries (about 1 s on an idle machine)
+    assert _cache_files(hf_cache) == []  # no blob, no link, no partial file
+
+    local_hub.fault = None
+    local_hub.reset_counts()
+    _assert_weights(_load(), sknet18_small)
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
+
+
+def test_a_stalled_cdn_fails_after_the_stall_timeout_and_leaves_nothing(local_hub, hf_cache, monkeypatch,
+                                                                        sknet18_small):
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'stall'
+    monkeypatch.setenv(STALL_TIMEOUT_ENV, '1.5')
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        _load()
+    elapsed = time.perf_counter() - start
+    assert 1.5 <= elapsed < 4, elapsed  # one clock since the last byte, not 1.5 s per retry
+    msg = str(info.value)
+    for part in (LABEL, SKNET18_REPO, 'stalled', 'no data arrived for 1.5 s', f'{STALL_TIMEOUT_ENV}=<seconds>'):
+        assert part in msg, msg
+    assert _cache_files(hf_cache) == []
+    local_hub.fault = None
+    _assert_weights(_load(), sknet18_small)
+
+
+def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_hub, monkeypatch, sknet18_small):
+    """The limit is on silence, not on the download: 10 pieces 0.3 s apart, broken once, under a 1 s limit."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'slow'
+    monkeypatch.setenv(STALL_TIMEOUT_ENV, '1')
+    start = time.perf_counter()
+    _assert_weights(_load(), sknet18_small)
+    assert time.perf_counter() - start >= 2.5  # well past the limit, yet never 1 s without data
+    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
+
+
+def test_the_default_stall_timeout_is_20_s_and_the_environment_sets_it(monkeypatch):
+    monkeypatch.delenv(STALL_TIMEOUT_ENV, raising=False)
+    assert configured_stall_timeout() == DEFAULT_STALL_TIMEOUT_S == 20.0  # under the 30 s the package promises
+    monkeypatch.setenv(STALL_TIMEOUT_ENV, '2.5')
+    assert configured_stall_timeout() == 2.5
+    for bad in ('soon', '0', '-1', 'nan'):
+        monkeypatch.setenv(STALL_TIMEOUT_ENV, bad)
+        with pytest.raises(WeightsError, match=f'{STALL_TIMEOUT_ENV}=.* is not a positive number of seconds'):
+            configured_stall_timeout()
+
+
+# ---- Xet -----------------------------------------------------------------------------------------------------
+def test_a_hub_announcing_xet_is_downloaded_over_plain_http_and_verified(local_hub, hf_cache, sknet18_small):
+    """hf_xet is installed; the local CDN has no CAS protocol, so only the plain-HTTP path can load this."""
+    _serve(local_hub, sknet18_small)
+    local_hub.xet = True
+    local_hub.fault = 'xet-token'  # a failing token route costs huggingface_hub's Xet path 23 s of retries
+    start = time.perf_counter()
+    _assert_weights(_load(), sknet18_small)
+    assert time.perf_counter() - start < 5
+    assert not [r for r in local_hub.log if 'xet-read-token' in r.path or r.path.startswith('/cas')]
+    digest = hashlib.sha256(sknet18_small.data).hexdigest()
+    assert [f for f in _cache_files(hf_cache) if '/blobs/' in f] == [f'models--timm--skresnet18.ra_in1k/blobs/{digest}']
+
+
+def test_a_xet_repo_with_a_corrupting_cdn_still_gives_weights_error(local_hub, hf_cache, sknet18_small):
+    _serve(local_hub, sknet18_small)
+    local_hub.xet = True
+    local_hub.fault = 'corrupt'
+    with pytest.raises(WeightsError, match='integrity check failed'):
+        _load()
+    assert _cache_files(hf_cache) == []
+
+
+# ---- hf-hub: names ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('case, what', [
+    ('missing', 'does not exist'), ('gated', 'is gated'), ('offline', 'not in the local cache'),
+])
+def test_hf_hub_config_failures_speak_weights_error_inside_hub_model_errors(case, what, local_hub, monkeypatch):
+    from timm_sknet.hub import hub_model_errors
+
+    name = 'hf-hub:me/sknet18-mine'
+    if case != 'missing':
+        local_hub.add_commit('me/sknet18-mine', {'config.json': b'{}'})
+    local_hub.fault = 'gated' if case == 'gated' else None
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', case == 'offline')
+    with pytest.raises(WeightsError) as info, hub_model_errors(name):
+        timm.create_model(name, pretrained=True)
+    msg = str(info.value)
+    assert all(part in msg for part in (name, "'me/sknet18-mine'", 'config.json', what)), msg
+
+
+def test_hf_hub_config_failures_outside_the_block_are_timms_own(local_hub):
+    """timm fetches config.json before it knows the architecture; timm_sknet does not patch that for all models."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    with pytest.raises(RepositoryNotFoundError) as info:
+        timm.create_model('hf-hub:me/missing', pretrained=True)
+    assert not isinstance(info.value, WeightsError) and isinstance(info.value, OSError)
+
+
+def test_hf_hub_sknet_weights_failures_are_weights_errors_without_any_block(local_hub, hf_cache, sknet18_small):
+    """Once config.json names an sknet, the weights come through timm_sknet: CDN faults are WeightsError."""
+    config = b'{"architecture": "sknet18", "pretrained_cfg": {}, "model_args": {"layers": [1, 1, 1, 1]}}'
+    local_hub.add_commit('me/sknet18-mine', {'config.json': config, WEIGHTS: sknet18_small.data})
+    local_hub.fault = 'truncate'
+    with pytest.raises(WeightsError, match="'me/sknet18-mine'.*connection broke"):
+        timm.create_model('hf-hub:me/sknet18-mine', pretrained=True)
+    local_hub.fault = None
+    _assert_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
+
+
+# ---- the command line ----------------------------------------------------------------------------------------
+@pytest.fixture
+def image(tmp_path):
+    from PIL import Image
+    path = tmp_path / 'gray.png'
+    Image.new('RGB', (64, 64), (128, 128, 128)).save(path)
+    return path
+
+
+@pytest.mark.parametrize('model, fault, repo, what', [
+    ('sknet18', 'expired', SKNET18_REPO, 'HTTP 403'),
+    ('sknet18', '500', SKNET18_REPO, 'HTTP 500'),
+    ('hf-hub:me/missing', None, 'me/missing', 'does not exist'),
+])
+def test_the_cli_prints_a_hub_failure_as_one_line_and_exits_2(model, fault, repo, what, local_hub, capsys, image,
+                                                             sknet18_small):
+    from timm_sknet.tools.cli import main
+
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = fault
+    rc = main(['predict', str(image), '--model', model, '--pretrained'])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ''
+    assert err.startswith('timm-sknet: error: Pretrained weights for ') and err.count('\n') == 1, err
+    assert f"repo '{repo}'" in err and what in err and 'Traceback' not in err

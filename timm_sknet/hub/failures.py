@@ -1,0 +1,125 @@
+"""One language for every Hub failure: :class:`~timm_sknet.errors.WeightsError` naming model, repo, cause, remedy.
+
+huggingface_hub raises its own exception types (``RepositoryNotFoundError``, ``GatedRepoError``, ...) for Hub
+answers, and the HTTP client's (``httpx2.ReadTimeout``, ``RemoteProtocolError``, ...) for transport failures,
+which are not even ``OSError``. :func:`describe` maps both onto the one message format of :class:`Failure`;
+:func:`hub_model_errors` applies it around code that timm runs before any of ours (``hf-hub:`` config.json).
+"""
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from ..errors import WeightsError
+
+__all__ = ['Failure', 'describe', 'hub_model_errors', 'known_hub_failure']
+
+RETRY_OR_GO_LOCAL = (
+    'Retry; to load without the network, fill the Hugging Face cache once (or copy a filled cache) and '
+    'set HF_HUB_OFFLINE=1, or load a local file with '
+    "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'), or an exported folder with "
+    "timm.create_model('local-dir:/path/to/folder', pretrained=True).")
+_TRANSPORT_MODULES = ('httpx', 'httpx2', 'httpcore', 'httpcore2')
+
+
+class Failure:
+    """Builds the one message format of every download failure of one file of one repo."""
+
+    def __init__(self, label: str, repo_id: str, revision: Optional[str], filename: str) -> None:
+        self.label, self.repo_id, self.revision, self.filename = label, repo_id, revision, filename
+
+    def __call__(self, what: str, remedy: Optional[str] = None) -> WeightsError:
+        at = f'@{self.revision}' if self.revision else ''
+        return WeightsError(
+            f"Pretrained weights for {self.label} could not be loaded from Hugging Face Hub repo "
+            f"'{self.repo_id}{at}' (file {self.filename}): {what}. {remedy or RETRY_OR_GO_LOCAL}")
+
+
+def is_transport_error(err: BaseException) -> bool:
+    """An exception of the HTTP client huggingface_hub uses (httpx2 now, httpx before): not an OSError."""
+    return type(err).__module__.split('.')[0] in _TRANSPORT_MODULES
+
+
+def _hub_answer(err: BaseException, fail: Failure) -> Optional[WeightsError]:
+    """WeightsError for huggingface_hub's own exception types (``None`` for other exceptions)."""
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(err, hf_errors.LocalEntryNotFoundError):  # an EntryNotFoundError, but nothing is missing remotely
+        cause = err.__cause__ or err.__context__
+        if cause is not None and cause is not err:
+            return known_hub_failure(cause, fail)
+        return fail('the Hub could not be reached (or HF_HUB_OFFLINE is set) and the file is not in the local cache')
+    # most specific first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError
+    known = (
+        (hf_errors.GatedRepoError, 'the repository is gated and no accepted access token was sent',
+         'Accept its terms on the repository page, then log in (`hf auth login`) or set HF_TOKEN; or load a '
+         'local file or folder.'),
+        (hf_errors.RepositoryNotFoundError, 'the repository does not exist (or is private and no valid token was sent)',
+         'Check the repo id (hf_hub_id in the pretrained_cfg, or the hf-hub: name), or log in (`hf auth login`, '
+         'HF_TOKEN) for a private repository.'),
+        (hf_errors.RevisionNotFoundError, f'revision {fail.revision!r} does not exist in the repository',
+         "Pin an existing branch, tag or commit as 'org/repo@<revision>'."),
+        (hf_errors.EntryNotFoundError, 'the repository has no such file at this revision',
+         f'Point to a repository that holds {fail.filename}, or convert the weights with '
+         'timm_sknet.hub.export_hub_folder.'),
+        (hf_errors.OfflineModeIsEnabled, 'HF_HUB_OFFLINE is set and the file is not in the local cache', None),
+    )
+    for kind, what, remedy in known:
+        if isinstance(err, kind):
+            return fail(what, remedy)
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        status = getattr(getattr(err, 'response', None), 'status_code', None)
+        if status is not None and status >= 500:
+            return fail(f'the Hub answered HTTP {status} (server error) and the file is not cached')
+        return fail(f'the Hub answered HTTP {status}: {first_line(err)}')
+    return None
+
+
+def _transport(err: BaseException, fail: Failure) -> Optional[WeightsError]:
+    """WeightsError for a raw transport exception of the HTTP client (``None`` for others)."""
+    if not is_transport_error(err):
+        return None
+    name = type(err).__name__
+    if 'Connect' in name:
+        return fail(f'the Hub could not be reached ({name}: {first_line(err)}) and the file is not cached')
+    if 'Timeout' in name:
+        return fail(f'the Hub did not answer in time ({name}: {first_line(err)})')
+    return fail(f'the connection broke ({name}: {first_line(err)}); nothing was cached')
+
+
+def known_hub_failure(err: BaseException, fail: Failure) -> Optional[WeightsError]:
+    """WeightsError for a Hub answer or a transport failure, ``None`` for anything else (a bug, a bad argument)."""
+    mapped = _hub_answer(err, fail) or _transport(err, fail)
+    if mapped is None and isinstance(err, OSError) and 'Consistency check failed' in str(err):
+        mapped = fail(f'the download had the wrong size ({first_line(err)}); the partial file was discarded')
+    return mapped
+
+
+def describe(err: BaseException, fail: Failure) -> WeightsError:
+    """Map any exception raised while downloading to WeightsError (unknown ones keep their type in the text)."""
+    return known_hub_failure(err, fail) or fail(f'{type(err).__name__}: {first_line(err)}')
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextmanager
+def hub_model_errors(model_name: str, filename: str = 'config.json') -> Iterator[None]:
+    """Turn Hub and transport failures inside the block into WeightsError for ``model_name``.
+
+    For ``timm.create_model('hf-hub:org/repo', ...)``: timm downloads ``config.json`` with huggingface_hub
+    before it knows the architecture, so before any timm_sknet code runs, and its failures arrive as
+    huggingface_hub's exceptions. timm_sknet does not patch timm to change that for every model; wrap the call
+    in this block to get WeightsError (the ``timm-sknet`` command does). Other exceptions pass unchanged.
+    """
+    try:
+        yield
+    except WeightsError:
+        raise
+    except Exception as err:
+        name = model_name.split(':', 1)[-1] if model_name.startswith('hf-hub:') else model_name
+        repo_id, _, revision = name.partition('@')
+        mapped = known_hub_failure(err, Failure(model_name, repo_id, revision or None, filename))
+        if mapped is None:
+            raise
+        raise mapped from err
