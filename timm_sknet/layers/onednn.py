@@ -47,7 +47,7 @@ def _probe_matches() -> bool:
     x = torch.randn(1, 4, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
     other = torch.randn(1, 4, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
     conv = nn.Conv2d(4, 4, 3, padding=1).requires_grad_(False)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast('cpu', enabled=False):  # the first check may come from inside autocast
         ref = F.relu(conv(x))
         ref_add = F.relu(conv(x) + other)
         got = conv_act(x, conv, 'relu')
@@ -79,7 +79,7 @@ def runs_fused(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and available())
 
