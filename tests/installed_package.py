@@ -4,8 +4,8 @@ and fresh interpreters that see timm, torch, ... and that site folder, but never
 ``run_python(site_dir, code)`` starts ``python -I -S``: no user site, no current folder on ``sys.path``, no
 ``site`` processing of the test environment (whose own editable install of timm-sknet would otherwise answer).
 It then calls ``site.addsitedir(site_dir)``, which runs the folder's ``.pth`` files as interpreter start-up
-does, and appends the test environment's site-packages (without its ``.pth`` files) for timm, torch and the
-rest. Whatever that process can do with sknet models, it owes to the installed distribution.
+does, and appends ``PYTHONPATH`` and the test environment's site-packages (without its ``.pth`` files) for
+timm, torch and the rest. Whatever that process can do with sknet models, it owes to the installed distribution.
 
 Import the fixtures into a test module with ``from installed_package import *``.
 """
@@ -34,7 +34,7 @@ print(backend.{hook}(sys.argv[1]))
 _PRELUDE = """\
 import site, sys
 site.addsitedir({site_dir!r})
-sys.path.append({env_site!r})
+sys.path.extend({env_paths!r})
 """
 
 
@@ -77,6 +77,13 @@ def pip_install_target(wheel: Path, target: Path) -> Path:
     return target
 
 
+def _environment_paths() -> list:
+    """PYTHONPATH (``-I`` ignores it; CI's minimum-versions job overlays older timm / huggingface_hub there),
+    then the test environment's site-packages."""
+    overlays = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+    return [*overlays, sysconfig.get_paths()['purelib']]
+
+
 def run_python(site_dir: Path, code: str, *, env: Optional[Dict[str, Optional[str]]] = None,
                cwd: Optional[Path] = None, timeout: float = 300, args=()) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that sees ``site_dir`` (start-up files processed) and the test
@@ -88,7 +95,7 @@ def run_python(site_dir: Path, code: str, *, env: Optional[Dict[str, Optional[st
             environ.pop(key, None)
         else:
             environ[key] = value
-    prelude = _PRELUDE.format(site_dir=str(site_dir), env_site=sysconfig.get_paths()['purelib'])
+    prelude = _PRELUDE.format(site_dir=str(site_dir), env_paths=_environment_paths())
     return subprocess.run([sys.executable, '-I', '-S', *args, '-c', prelude + code], capture_output=True,
                           text=True, env=environ, cwd=cwd or site_dir.parent, timeout=timeout)
 

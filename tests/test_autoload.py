@@ -83,9 +83,10 @@ print(type(timm.create_model('sknet18', layers=(1, 1, 1, 1))).__name__)
 def test_import_timm_sknet_first_registers_once_without_warnings(wheel_site):
     """The suite's (and many users') way: the package imports timm, the watcher must not import it again."""
     code = "import timm_sknet, timm\nprint(len(timm.list_models('sknet*')))"
-    proc = run_python(wheel_site, code, args=('-W', 'error::UserWarning'))
+    proc = run_python(wheel_site, code, args=('-W', 'error::UserWarning'))  # timm's re-registration warning fails
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert int(proc.stdout) >= 6 and 'Warning' not in proc.stderr
+    assert int(proc.stdout) >= 6
+    assert 'Overwriting' not in proc.stderr and 'AutoloadWarning' not in proc.stderr
 
 
 def _broken_copy(site_dir, tmp_path, remove=()):
