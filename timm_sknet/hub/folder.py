@@ -29,7 +29,6 @@ Push it with ``huggingface_hub.upload_folder(repo_id='<user>/<repo>', folder_pat
 (after ``hf auth login``), or push a model directly with ``timm.models.push_to_hf_hub``.
 """
 import copy
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -37,7 +36,6 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-import timm
 from timm.models import save_for_hf
 
 from ..file_io import atomic_folder, sha256_file, write_text_atomic
@@ -97,15 +95,6 @@ def _label_names(model: nn.Module, label_names: Optional[Sequence[str]]) -> Opti
     return None
 
 
-def _data_config_kwargs(data_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    if data_config is None:
-        return {}
-    if 'data_config' not in inspect.signature(save_for_hf).parameters:
-        raise ValueError(f'Recording data_config in config.json needs timm>=1.0.31 (installed: {timm.__version__}): '
-                         f'upgrade timm, or set the model\'s pretrained_cfg preprocessing and omit data_config.')
-    return {'data_config': data_config}
-
-
 def _make_loadable_by_transformers(config_path: Path) -> None:
     """Leave ``num_classes`` out of ``model_args``: transformers' TimmWrapper passes it itself (a second one is a
     TypeError); timm reads the class count from the root and from ``pretrained_cfg``."""
@@ -138,7 +127,7 @@ def write_model_files(
     model_config = {'label_names': names} if names else None
     with torch.no_grad():
         save_for_hf(_contiguous(model), str(folder), model_config=model_config, safe_serialization=True,
-                    **_data_config_kwargs(data_config))
+                    data_config=data_config)
     _make_loadable_by_transformers(folder / 'config.json')
     return sha256_file(folder / WEIGHTS_FILENAME)
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Type, Union
 
 from torch import nn
 
-from timm.models import FeatureGraphNet, FeatureHookNet
+from timm.models import FeatureGraphNet
 from timm.models._features import FeatureGetterNet  # not re-exported by timm.models (1.0.31)
 
 __all__ = ['SKFeatureGetterNet', 'SKFeatureGraphNet', 'feature_kwargs', 'resolve_feature_cls']
@@ -60,20 +60,10 @@ def feature_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     if not kwargs.get('features_only'):
         return kwargs
     kwargs = dict(kwargs)
-    feature_cfg = dict(kwargs.get('feature_cfg') or {})
-    requested = kwargs.get('feature_cls', feature_cfg.get('feature_cls'))
-    if _is_hook(requested):
-        # 'hook' over the top-level modules rather than one opaque body; a user's feature_cfg still wins.
-        # Only for 'hook': timm before 1.0.31 passes no_rewrite on to every extractor, which the others refuse.
-        feature_cfg.setdefault('no_rewrite', False)
+    # 'hook' over the top-level modules rather than one opaque body; a user's feature_cfg still wins
+    feature_cfg = {'no_rewrite': False, **(kwargs.get('feature_cfg') or {})}
     for holder in (kwargs, feature_cfg):
         if 'feature_cls' in holder:
             holder['feature_cls'] = resolve_feature_cls(holder['feature_cls'])
     kwargs['feature_cfg'] = feature_cfg
     return kwargs
-
-
-def _is_hook(feature_cls: Union[str, Type[nn.Module], None]) -> bool:
-    if isinstance(feature_cls, str):
-        return 'hook' in feature_cls.lower()  # timm's own test for the name
-    return isinstance(feature_cls, type) and issubclass(feature_cls, FeatureHookNet)
