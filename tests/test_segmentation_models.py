@@ -3,13 +3,12 @@ embedded weights as encoder weights, and a saved model reloaded by a process tha
 import json
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 from installed_package import *  # noqa: F401,F403  (fixtures)
 from installed_package import run_python
 
 import timm
-
-smp = pytest.importorskip('segmentation_models_pytorch', reason='pip install "timm-sknet[smp]"')
 
 # one block per stage: the same SK blocks, a fraction of the time; no zero-initialised last BN, whose zero
 # scale would (rightly) stop every gradient inside its residual branch at initialisation
