@@ -40,13 +40,15 @@ from timm.models import create_model  # a submodule import loads timm first: the
 import timm
 model = create_model('sknet18', layers=(1, 1, 1, 1))
 print(type(model).__module__, sys.modules['timm_sknet'].__file__)
+folder = sys.modules['timm_sknet'].hub.embedded.WEIGHTS_DIR  # a Hub-format folder inside the install
+print(create_model(f'local-dir:{folder}', pretrained=True).pretrained_cfg['label_names'][0])
 print(type(timm.__loader__) is importlib.machinery.SourceFileLoader, timm.__spec__.loader is timm.__loader__)
 print(any(hasattr(f, 'timm_sknet_autoload') for f in sys.meta_path))
 """
     proc = run_python(site_dir, code)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    module, origin, *rest = proc.stdout.split()
-    assert module == 'timm_sknet.models.sknets'
+    module, origin, first_label, *rest = proc.stdout.split()
+    assert module == 'timm_sknet.models.sknets' and first_label == 'disk'
     assert origin.startswith(str(site_dir if site_fixture == 'wheel_site' else distributions.source)), origin
     assert rest == ['True', 'True', 'False'], 'timm keeps its own loader; the watcher is gone once used'
     assert not _warnings_naming_the_switch(proc.stderr), proc.stderr
