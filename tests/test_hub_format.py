@@ -45,7 +45,8 @@ def test_export_writes_the_hub_layout_with_a_model_card(trained, tmp_path):
     meta = _front_matter((out / 'README.md').read_text())
     assert meta['library_name'] == 'timm'
     assert meta['license'] == 'apache-2.0'
-    assert meta['datasets'] == ['imagenet-1k']
+    assert 'datasets' not in meta, 'a re-headed (5-class) model is not the ImageNet model its tag names'
+    assert '**Trained on:** not recorded' in (out / 'README.md').read_text()
     assert {'timm', 'image-classification'} <= set(meta['tags'])
     digest = hashlib.sha256((out / 'model.safetensors').read_bytes()).hexdigest()
     assert meta['weights_sha256'] == {'model.safetensors': digest}
@@ -133,3 +134,36 @@ def test_existing_folder_is_kept_unless_overwrite(trained, tmp_path):
     assert (out / 'model.safetensors').read_bytes() != first
     assert json.loads((out / 'config.json').read_text())['num_classes'] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ['export']
+
+
+@pytest.mark.parametrize('tag, num_classes, datasets, trained_on', [
+    ('sknet_tiny.synthetic', None, None, "timm-sknet's synthetic multi-scale shapes"),
+    ('sknet18.ra_in1k', None, ['imagenet-1k'], 'ImageNet-1k'),
+    ('sknet18.ra_in1k', 7, None, 'not recorded'),
+])
+def test_the_model_card_states_the_weights_true_dataset(tag, num_classes, datasets, trained_on, tmp_path):
+    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+    model = timm.create_model(tag, **SMALL if tag.startswith('sknet18') else {}, **kwargs)
+    readme = (export_hub_folder(model, tmp_path / 'export') / 'README.md').read_text()
+    meta = _front_matter(readme)
+    assert meta.get('datasets') == datasets
+    assert meta['license'] == model.pretrained_cfg['license'] == 'apache-2.0'
+    assert f'**Trained on:** {trained_on}' in readme
+
+
+def test_explicit_card_metadata_wins(trained, tmp_path):
+    out = export_hub_folder(trained, tmp_path / 'export', datasets=['my-org/flowers'], license='cc-by-4.0')
+    meta = _front_matter((out / 'README.md').read_text())
+    assert meta['datasets'] == ['my-org/flowers'] and meta['license'] == 'cc-by-4.0'
+
+
+def test_config_json_has_class_names_at_the_root_and_no_num_classes_in_model_args(tmp_path):
+    """transformers reads ``label_names`` at the root and passes num_classes itself (a second one is a TypeError);
+    timm still builds the right head from the root / pretrained_cfg count."""
+    model = timm.create_model('sknet_tiny.synthetic', pretrained=True).eval()
+    out = export_hub_folder(model, tmp_path / 'export')
+    config = json.loads((out / 'config.json').read_text())
+    assert config['label_names'] == list(model.pretrained_cfg['label_names'])
+    assert 'num_classes' not in config.get('model_args', {}) and config['num_classes'] == 6
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert loaded.num_classes == 6 and list(loaded.pretrained_cfg['label_names']) == config['label_names']

@@ -1,4 +1,4 @@
-"""Write a model (or a timm checkpoint) as a Hugging Face Hub folder that timm loads back.
+"""Write a model (or a timm checkpoint) as a Hugging Face Hub folder that timm and transformers load back.
 
 The folder holds what timm's ``hf-hub:`` and ``local-dir:`` loaders read (``config.json`` and
 ``model.safetensors``, written by :func:`timm.models.save_for_hf`) plus a ``README.md`` model card whose YAML
@@ -6,31 +6,76 @@ front matter the Hub indexes (``library_name: timm``, license, datasets, tags) a
 the weights file. It is written to a temporary folder next to the target and renamed into place, so a failed
 export never leaves a folder that looks complete.
 
+Two things of timm's ``config.json`` are adjusted so that transformers' ``TimmWrapper`` (``AutoModel*``,
+``pipeline``) loads the same folder: ``num_classes`` is left out of ``model_args`` (transformers passes the
+class count itself, and a second one is a ``TypeError``; timm reads it from the root and ``pretrained_cfg``),
+and the class names are written at the root as ``label_names`` (transformers' ``id2label``), taken from the
+model's ``pretrained_cfg`` when the caller gives none.
+
+The card states what the weights were trained on only where that is known: from the timm tag the model was
+created with (``in1k`` -> ImageNet-1k, ``synthetic`` -> the package's synthetic shapes), and only while the
+classifier is still that tag's (a re-headed model is a new model). ``datasets=`` / ``license=`` override it.
+
 :func:`write_model_files` is the package's one writer of that layout: the exporter here and the training
 checkpoints (``timm_sknet.tools.train_checkpoint``) both use it.
 
-Load it back (``import timm_sknet`` first, to register the architecture)::
+Load it back (installed with pip, the models are registered when timm is imported)::
 
     timm.create_model('local-dir:/path/to/folder', pretrained=True)
     timm.create_model('hf-hub:<user>/<repo>', pretrained=True)      # once pushed
+    transformers.AutoModelForImageClassification.from_pretrained('/path/to/folder')
 
 Push it with ``huggingface_hub.upload_folder(repo_id='<user>/<repo>', folder_path='/path/to/folder')``
 (after ``hf auth login``), or push a model directly with ``timm.models.push_to_hf_hub``.
 """
 import copy
+import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from timm.models import save_for_hf
 
-from ..file_io import atomic_folder, sha256_file
+from ..file_io import atomic_folder, sha256_file, write_text_atomic
 from .checkpoint import model_from_checkpoint
 from .download import WEIGHTS_FILENAME
 
-__all__ = ['export_hub_folder', 'model_card', 'write_model_files']
+__all__ = ['TrainingData', 'export_hub_folder', 'model_card', 'training_data', 'write_model_files']
+
+
+class TrainingData(NamedTuple):
+    """What a set of weights was trained on: Hub dataset ids for the card's front matter, and words for people."""
+    hub_ids: List[str]
+    description: str
+
+
+#: the dataset part of a timm pretrained tag (``ra_in1k`` -> ``in1k``) and of this package's own tags
+_TAG_DATASETS = {
+    'in1k': TrainingData(['imagenet-1k'], 'ImageNet-1k'),
+    'in12k': TrainingData(['imagenet-12k'], 'ImageNet-12k'),
+    'in22k': TrainingData(['imagenet-22k'], 'ImageNet-22k'),
+    'synthetic': TrainingData([], "timm-sknet's synthetic multi-scale shapes (timm_sknet.tools.synthetic_data), "
+                                  'not a public data set'),
+}
+_UNKNOWN = TrainingData([], 'not recorded with these weights')
+
+
+def training_data(model: nn.Module) -> TrainingData:
+    """What ``model``'s weights were trained on, from the pretrained tag it was created with.
+
+    Known only while the classifier is still the tag's (same number of classes): a model created with another
+    ``num_classes``, or retrained by ``timm-sknet train`` (which drops the tag), is not described by the tag.
+    """
+    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+    tag = cfg.get('tag') or ''
+    if not tag or cfg.get('num_classes') != getattr(model, 'num_classes', None):
+        return _UNKNOWN
+    for part in reversed(tag.split('_')):
+        if part in _TAG_DATASETS:
+            return _TAG_DATASETS[part]
+    return _UNKNOWN
 
 
 def _contiguous(model: nn.Module) -> nn.Module:
@@ -38,6 +83,29 @@ def _contiguous(model: nn.Module) -> nn.Module:
     if all(t.is_contiguous() for t in model.state_dict().values()):
         return model
     return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+
+
+def _label_names(model: nn.Module, label_names: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """The given names, else the ``pretrained_cfg``'s when they still fit the classifier."""
+    if label_names:
+        return [str(x) for x in label_names]
+    cfg_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if cfg_names and len(cfg_names) == getattr(model, 'num_classes', None):
+        return [str(x) for x in cfg_names]
+    return None
+
+
+def _make_loadable_by_transformers(config_path: Path) -> None:
+    """Leave ``num_classes`` out of ``model_args``: transformers' TimmWrapper passes it itself (a second one is a
+    TypeError); timm reads the class count from the root and from ``pretrained_cfg``."""
+    config = json.loads(config_path.read_text(encoding='utf-8'))
+    model_args = config.get('model_args') or {}
+    model_args.pop('num_classes', None)
+    if model_args:
+        config['model_args'] = model_args
+    else:
+        config.pop('model_args', None)
+    write_text_atomic(config_path, json.dumps(config, indent=2) + '\n')
 
 
 def write_model_files(
@@ -51,70 +119,101 @@ def write_model_files(
 
     ``folder`` is filled as it is: callers write into a temporary folder (``file_io.atomic_folder``) that is
     renamed into place once complete. ``model.pretrained_cfg`` supplies the preprocessing recorded in
-    config.json; ``data_config`` overrides it; ``label_names`` name the classifier's outputs.
+    config.json; ``data_config`` overrides it; ``label_names`` name the classifier's outputs (default: the
+    ``pretrained_cfg``'s, if they fit).
     """
     folder = Path(folder)
-    model_config = {'label_names': list(label_names)} if label_names else None
-    extra = {'data_config': data_config} if data_config is not None else {}
+    names = _label_names(model, label_names)
+    model_config = {'label_names': names} if names else None
     with torch.no_grad():
-        save_for_hf(_contiguous(model), str(folder), model_config=model_config, safe_serialization=True, **extra)
+        save_for_hf(_contiguous(model), str(folder), model_config=model_config, safe_serialization=True,
+                    data_config=data_config)
+    _make_loadable_by_transformers(folder / 'config.json')
     return sha256_file(folder / WEIGHTS_FILENAME)
+
+
+def _front_matter(license: str, datasets: Sequence[str], tags: Sequence[str], weights_sha256: str) -> List[str]:
+    all_tags = list(dict.fromkeys(['image-classification', 'timm', 'timm-sknet', 'selective-kernel', *tags]))
+    front = ['---', 'library_name: timm', f'license: {license}', 'pipeline_tag: image-classification']
+    if datasets:
+        front += ['datasets:', *(f'- {d}' for d in datasets)]
+    front += ['tags:', *(f'- {t}' for t in all_tags)]
+    return front + ['weights_sha256:', f'  {WEIGHTS_FILENAME}: {weights_sha256}', '---']
+
+
+def _details(model: nn.Module, cfg: Dict[str, Any], trained_on: str, license: str, weights_sha256: str) -> List[str]:
+    arch = cfg.get('architecture') or type(model).__name__
+    params = sum(p.numel() for p in model.parameters())
+    lines = [
+        '## Details',
+        f'- **Architecture:** `{arch}` (registered in timm by `pip install timm-sknet`)',
+        f'- **Parameters:** {params / 1e6:.2f} M',
+        f'- **Classes:** {getattr(model, "num_classes", "?")}',
+        f'- **Trained on:** {trained_on}',
+        f'- **Input:** {tuple(cfg.get("input_size", ()))}, crop_pct {cfg.get("crop_pct")}, '
+        f'{cfg.get("interpolation")} interpolation, mean {tuple(cfg.get("mean", ()))}, std {tuple(cfg.get("std", ()))}',
+        f'- **Weights:** `{WEIGHTS_FILENAME}`, sha256 `{weights_sha256}`',
+        f'- **License:** {license}',
+    ]
+    return lines + [f'- **Note:** {note}' for note in cfg.get('notes') or ()]
+
+
+def _usage(repo: str) -> List[str]:
+    return [
+        '## Usage',
+        '```python',
+        'import timm  # with timm-sknet installed, the sknet architectures register themselves',
+        f"model = timm.create_model('hf-hub:{repo}', pretrained=True).eval()",
+        'config = timm.data.resolve_data_config({}, model=model)',
+        'transform = timm.data.create_transform(**config)',
+        '',
+        'from transformers import pipeline  # or AutoModelForImageClassification.from_pretrained',
+        f"classify = pipeline('image-classification', model='{repo}')",
+        '```',
+    ]
+
+
+_CITATION = [
+    '## Citation',
+    '```bibtex',
+    '@inproceedings{li2019selective,',
+    '  title={Selective Kernel Networks},',
+    '  author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},',
+    '  booktitle={CVPR},',
+    '  year={2019}',
+    '}',
+    '```',
+]
 
 
 def model_card(
         model: nn.Module,
         weights_sha256: str,
         repo_id: Optional[str] = None,
-        license: str = 'apache-2.0',
-        datasets: Sequence[str] = ('imagenet-1k',),
+        license: Optional[str] = None,
+        datasets: Optional[Sequence[str]] = None,
         tags: Sequence[str] = (),
         description: Optional[str] = None,
 ) -> str:
-    """README.md text: YAML front matter the Hub indexes, then what the weights are and how to load them."""
+    """README.md text: YAML front matter the Hub indexes, then what the weights are and how to load them.
+
+    ``license`` defaults to the ``pretrained_cfg``'s (``other`` if it has none), ``datasets`` to what the
+    pretrained tag says (:func:`training_data`); pass them for weights you trained yourself.
+    """
     cfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
-    arch = cfg.get('architecture') or type(model).__name__
-    all_tags = list(dict.fromkeys(['image-classification', 'timm', 'timm-sknet', 'selective-kernel', *tags]))
-    front = ['---', 'library_name: timm', f'license: {license}', 'pipeline_tag: image-classification']
-    if datasets:
-        front += ['datasets:', *(f'- {d}' for d in datasets)]
-    front += ['tags:', *(f'- {t}' for t in all_tags)]
-    front += ['weights_sha256:', f'  {WEIGHTS_FILENAME}: {weights_sha256}', '---']
+    known = training_data(model)
+    license = license or cfg.get('license') or 'other'
+    if datasets is None:
+        datasets, trained_on = known.hub_ids, known.description
+    else:
+        datasets = list(datasets)
+        trained_on = ', '.join(datasets) or known.description
     name = repo_id or '<user>/<repo>'
-    params = sum(p.numel() for p in model.parameters())
-    body = [
-        f'# {name.split("/")[-1]}',
-        '',
-        description or f'{arch} (Selective Kernel Network, Li et al., CVPR 2019) for timm, exported by timm-sknet.',
-        '',
-        '## Details',
-        f'- **Architecture:** `{arch}` (registered by `pip install timm-sknet`; `import timm_sknet` before loading)',
-        f'- **Parameters:** {params / 1e6:.2f} M',
-        f'- **Classes:** {getattr(model, "num_classes", "?")}',
-        f'- **Input:** {tuple(cfg.get("input_size", ()))}, crop_pct {cfg.get("crop_pct")}, '
-        f'{cfg.get("interpolation")} interpolation, mean {tuple(cfg.get("mean", ()))}, std {tuple(cfg.get("std", ()))}',
-        f'- **Weights:** `{WEIGHTS_FILENAME}`, sha256 `{weights_sha256}`',
-        f'- **License:** {license}',
-        '',
-        '## Usage',
-        '```python',
-        'import timm',
-        'import timm_sknet  # registers the SKNet architectures',
-        f"model = timm.create_model('hf-hub:{name}', pretrained=True).eval()",
-        'config = timm.data.resolve_data_config({}, model=model)',
-        'transform = timm.data.create_transform(**config)',
-        '```',
-        '',
-        '## Citation',
-        '```bibtex',
-        '@inproceedings{li2019selective,',
-        '  title={Selective Kernel Networks},',
-        '  author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},',
-        '  booktitle={CVPR},',
-        '  year={2019}',
-        '}',
-        '```',
-    ]
-    return '\n'.join(front + body) + '\n'
+    arch = cfg.get('architecture') or type(model).__name__
+    intro = description or f'{arch} (Selective Kernel Network, Li et al., CVPR 2019) for timm, exported by timm-sknet.'
+    body = [f'# {name.split("/")[-1]}', '', intro, '', *_details(model, cfg, trained_on, license, weights_sha256),
+            '', *_usage(name), '', *_CITATION]
+    return '\n'.join(_front_matter(license, datasets, tags, weights_sha256) + body) + '\n'
 
 
 def export_hub_folder(
@@ -124,11 +223,12 @@ def export_hub_folder(
         model_name: Optional[str] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
-        license: str = 'apache-2.0',
-        datasets: Sequence[str] = ('imagenet-1k',),
+        license: Optional[str] = None,
+        datasets: Optional[Sequence[str]] = None,
         tags: Sequence[str] = (),
         description: Optional[str] = None,
         data_config: Optional[Dict[str, Any]] = None,
+        label_names: Optional[Sequence[str]] = None,
         overwrite: bool = False,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` for the Hub / ``local-dir:`` into ``out_dir``.
@@ -142,8 +242,10 @@ def export_hub_folder(
         model_kwargs: extra ``create_model`` arguments a checkpoint needs (classes and input channels are
             read from the checkpoint).
         repo_id: the Hub repo the folder is meant for; only used in the model card's usage example.
-        license, datasets, tags, description: model card metadata.
+        license, datasets, tags, description: model card metadata; license and datasets default to what the
+            model's pretrained tag says (see :func:`training_data`).
         data_config: preprocessing to record, if it differs from the model's pretrained cfg.
+        label_names: class names, if the model's pretrained cfg has none that fit its classifier.
         overwrite: replace an existing non-empty ``out_dir`` (atomically: the old one stays until the new one
             is complete).
 
@@ -164,7 +266,7 @@ def export_hub_folder(
     if not getattr(model, 'pretrained_cfg', None):
         raise ValueError('The model has no pretrained_cfg: create it with timm.create_model(...) to export it.')
     with atomic_folder(out_dir) as tmp:
-        digest = write_model_files(model, tmp, data_config=data_config)
+        digest = write_model_files(model, tmp, label_names=label_names, data_config=data_config)
         card = model_card(model, digest, repo_id=repo_id, license=license, datasets=datasets, tags=tags,
                           description=description)
         (tmp / 'README.md').write_text(card, encoding='utf-8')
