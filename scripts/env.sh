@@ -17,15 +17,20 @@ venv_root="${TIMM_SKNET_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/timm-sknet}"
 venv="$venv_root/venv-$key"
 # pip, minus this machine's noise about unused local index folders; pip's exit status is kept.
 pip_quiet() { "$venv/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+mkdir -p "$venv_root"
+# One builder at a time per environment: a second run (another clone, a parallel job) waits for the first
+# and then reuses what it built, instead of both writing the same folder.
+exec 9>"$venv_root/.venv-$key.lock"
+flock 9
 if [ ! -f "$venv/.complete" ]; then
     echo "Creating $venv (torch, timm, ...: a few minutes the first time)" >&2
     rm -rf "$venv"
-    mkdir -p "$venv_root"
     "$python_bin" -m venv "$venv"
     pip_quiet --upgrade pip "setuptools>=77" wheel
     pip_quiet "$repo_root[test]"
     touch "$venv/.complete"
 fi
+flock -u 9
 # Always (re)link this checkout: fast, and a reused environment never runs another clone's code.
 # (setuptools' deprecation chatter is kept out of the way, and shown only if the install fails)
 link_log="$(mktemp)"

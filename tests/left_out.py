@@ -1,7 +1,7 @@
 """Optional extras a test run leaves out on purpose, named in ``TIMM_SKNET_TESTS_WITHOUT`` (comma-separated).
 
 CI's minimum-versions job (scripts/test_min_versions.sh) sets ``TIMM_SKNET_TESTS_WITHOUT=transformers``: transformers
-needs a newer huggingface_hub than the package's minimum, so it cannot be imported there. Everywhere else every
+needs a newer safetensors than the package's minimum, so it cannot be imported there. Everywhere else every
 extra of the test extra is installed and its tests must run, so tests import them plainly (no importorskip that
 would turn a broken install into silent skips).
 """

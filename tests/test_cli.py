@@ -171,13 +171,13 @@ def test_predict_on_openvino_int8_gives_the_plain_models_classes(capsys):
 def test_export_openvino_ir_loads_in_openvino_and_matches(capsys, tmp_path, trained, checkpoint, precision):
     import openvino as ov
 
-    from timm_sknet.inference.openvino_ir import COMPILE_CONFIG
+    from timm_sknet.inference.openvino_ir import compile_config
     out_dir = tmp_path / 'ir'
     rc, out, err = run_cli(capsys, 'export', 'openvino', out_dir, '--model', 'sknet18', '--checkpoint', checkpoint,
                            '--img-size', 64, '--precision', precision, '--calibration-images', 64)
     assert rc == 0, err
     assert sorted(p.name for p in out_dir.iterdir()) == ['model.bin', 'model.xml']
-    compiled = ov.Core().compile_model(str(out_dir / 'model.xml'), 'CPU', COMPILE_CONFIG[precision])
+    compiled = ov.Core().compile_model(str(out_dir / 'model.xml'), 'CPU', compile_config(precision))
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = trained(x)

@@ -1,29 +1,31 @@
 """Save a model as OpenVINO IR (``model.xml`` + ``model.bin``) at fp32, bf16 or int8, checked before it is kept.
 
 The IR is what OpenVINO deployments load (``ov.Core().read_model(folder / 'model.xml')``). Precision is a
-setting of OpenVINO's compiler, not of the file, so compile it as it was checked: ``core.compile_model(xml,
-'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})`` for fp32 and int8 (on CPUs with native bf16 OpenVINO
-otherwise runs f32 models in bf16, the 'bf16' export), ``'bf16'`` for bf16. :data:`COMPILE_CONFIG` gives
-the setting per precision. The weights stay f32 (bf16 needs no other file); int8 holds NNCF's quantized
-graph. The folder is written through ``file_io.atomic_folder`` after the saved files, read back and compiled, matched the plain model.
+setting of OpenVINO's compiler, not of the file, so compile it as it was checked (:func:`compile_config`):
+``{'INFERENCE_PRECISION_HINT': 'f32'}`` for fp32 (on CPUs with native bf16 OpenVINO otherwise runs f32
+models in bf16, which is the 'bf16' export), ``'bf16'`` for bf16, and for int8 bf16 where the CPU has it
+(the ops NNCF leaves unquantized), else f32. The weights stay f32 (bf16 needs no other file); int8 holds
+NNCF's quantized graph. The folder is written through ``file_io.atomic_folder`` only after the saved files,
+read back and compiled, matched the plain model.
 """
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..file_io import atomic_folder
-from .backends import openvino_model, openvino_runner
+from .backends import openvino_hint, openvino_model, openvino_runner
 from .export import resolve_input_size
 from .optimized_model import TOLERANCES, OptimizationError
 from .outputs import relative_error
 
-__all__ = ['COMPILE_CONFIG', 'export_openvino']
+__all__ = ['compile_config', 'export_openvino']
 
-#: OpenVINO compile settings under which each precision's export was checked
-COMPILE_CONFIG = {'fp32': {'INFERENCE_PRECISION_HINT': 'f32'}, 'bf16': {'INFERENCE_PRECISION_HINT': 'bf16'},
-                  'int8': {'INFERENCE_PRECISION_HINT': 'f32'}}
+
+def compile_config(precision: str) -> Dict[str, str]:
+    """The OpenVINO compile setting each precision's export is checked under, on this machine."""
+    return {'INFERENCE_PRECISION_HINT': openvino_hint(precision)}
 
 
 def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: str = 'fp32',

@@ -52,6 +52,11 @@ def select_paths(paths: List[torch.Tensor], weights: torch.Tensor, inplace: bool
     """
     weights = weights.to(paths[0].dtype)
     if len(paths) == 2:
+        if torch.jit.is_tracing():
+            # traced graphs (ONNX export, OpenVINO): ONNX has no lerp, and torch's decomposition of it computes
+            # both branches of a precision-preserving where(); the weights are a softmax in [0, 1], where this
+            # form is as exact
+            return paths[1] + weights[:, 0] * (paths[0] - paths[1])
         if inplace:
             return paths[1].lerp_(paths[0], weights[:, 0])
         return torch.lerp(paths[1], paths[0], weights[:, 0])

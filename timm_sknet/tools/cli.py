@@ -302,9 +302,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f'wrote {path} ({args.format}, {args.precision}, {args.model}{", fused" if args.fused else ""}, '
           f'checked against PyTorch)')
     if args.format == 'openvino':
-        from ..inference.openvino_ir import COMPILE_CONFIG
+        from ..inference.openvino_ir import compile_config
         print(f"compile it as it was checked: ov.Core().compile_model('{path}/model.xml', 'CPU', "
-              f'{COMPILE_CONFIG[args.precision]})')
+              f'{compile_config(args.precision)})')
     return 0
 
 
