@@ -4,7 +4,8 @@ It answers what huggingface_hub 2.x reads (``file_download.get_hf_file_metadata`
 ``utils/_xet.py``), the way huggingface.co answers it:
 
 - A small file (``config.json``, ``README.md``): ``HEAD``/``GET {hub}/{repo}/resolve/{rev}/{path}`` answer 200
-  with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``.
+  with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``. A weights file is served that way too when its path is
+  in ``hub.in_git`` (a repo whose ``.gitattributes`` does not send it to LFS: the Hub then stores it in git).
 - An LFS file (weights): ``HEAD`` and ``GET`` on ``/resolve`` answer **302** with ``Location:`` a signed URL on
   the CDN (another host: 127.0.0.2, another port), ``X-Linked-Etag: "<sha256>"``, ``X-Linked-Size``,
   ``X-Repo-Commit``, while ``ETag`` names the LFS *pointer* (its git blob sha1), as on the Hub. A client that
@@ -127,6 +128,7 @@ class LocalHub:
         self.xet = False
         self.token = 'hf_local_test_token'
         self.head_barrier: Optional[threading.Barrier] = None  # LFS HEADs wait here (concurrency tests)
+        self.in_git: Set[str] = set()  # paths stored in git, not LFS, whatever their suffix
         self.stalled = threading.Event()
         self.slow_gap_s = 0.3
         self.log: List[Request] = []
@@ -386,7 +388,7 @@ class _HubHandler(_Handler):
         data = repo.commits[sha].get(filename)
         if data is None:
             self.error(404, 'EntryNotFound', f'{filename} does not exist at {revision}', {'X-Repo-Commit': sha})
-        elif is_lfs(filename):
+        elif is_lfs(filename) and filename not in self.hub.in_git:
             self.redirect_to_cdn(repo_id, sha, filename, data)
         else:
             headers = {'X-Repo-Commit': sha, 'ETag': f'"{git_blob_sha1(data)}"', 'Accept-Ranges': 'bytes',

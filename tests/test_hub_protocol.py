@@ -4,6 +4,9 @@ either side. Each fault gives one WeightsError naming model, repo, cause and rem
 that a later load would trust, and the next load after the fault clears succeeds with one download.
 """
 import hashlib
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -87,6 +90,40 @@ def test_an_expired_url_is_renewed_and_the_download_resumes(local_hub, hf_cache,
     assert ranges[1] == ranges[2] and int(ranges[1][len('bytes='):-1]) > 0
     assert local_hub.count('HEAD', WEIGHTS, server='hub') == 2  # the second HEAD fetched a fresh URL
     assert not [f for f in _cache_files(hf_cache) if f.endswith('.tmp')]
+
+
+def _git_hash_object(data: bytes) -> str:
+    """What git itself calls ``data`` (``git hash-object``), else git's definition of a blob id."""
+    if shutil.which('git') is None:
+        return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+    return subprocess.run(['git', 'hash-object', '--stdin'], input=data, capture_output=True,
+                          check=True).stdout.decode().strip()
+
+
+def test_a_weights_file_stored_in_git_is_checked_against_its_git_blob_sha1(local_hub, hf_cache):
+    """Not every repo sends *.safetensors to LFS: the Hub then serves the file itself, its ETag the git blob sha1
+    (no sha256 anywhere). The download, and every later load from the cache, is checked against that id."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from timm_sknet.hub import fetch_verified_weights
+
+    data = safetensors_bytes({'weight': torch.arange(64, dtype=torch.float32)})
+    local_hub.add_commit('me/small', {WEIGHTS: data})
+    local_hub.in_git.add(WEIGHTS)
+    path = fetch_verified_weights('me/small')
+    assert path.read_bytes() == data
+    assert local_hub.count('GET', WEIGHTS, server='hub') == 1 and local_hub.count('GET', server='cdn') == 0
+    blob = Path(os.path.realpath(path))
+    assert blob.name == git_blob_sha1(data) == _git_hash_object(data)  # the blob is named by git's id
+
+    corrupted = bytearray(data)
+    corrupted[-1] ^= 1  # same size: only the digest can tell
+    blob.write_bytes(bytes(corrupted))
+    with pytest.raises(WeightsError, match='integrity check failed: the git-sha1 of the cached file'):
+        fetch_verified_weights('me/small')
+    assert not blob.exists() and not path.is_symlink()  # evicted, not trusted later
+    assert fetch_verified_weights('me/small').read_bytes() == data  # and downloaded afresh
+    assert local_hub.count('GET', WEIGHTS, server='hub') == 2
 
 
 # ---- faults, each side ---------------------------------------------------------------------------------------
