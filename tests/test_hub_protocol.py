@@ -193,6 +193,36 @@ def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_
     assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
 
 
+def test_a_connection_that_breaks_after_every_piece_is_resumed_to_the_end(local_hub, sknet18_small):
+    """Each request brings at most a fifth of the file, then the connection resets (an RST may drop some of what
+    was sent): many breaks, none without new data, so the download goes on to the end."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'drip'
+    _assert_weights(_load(), sknet18_small)
+    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
+    offsets = [int(r[len('bytes='):-1]) for r in ranges[1:]]
+    assert len(ranges) >= 5 and ranges[0] is None
+    assert all(a < b for a, b in zip([0, *offsets], offsets)), ranges  # every resume starts further on
+
+
+def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet18_small):
+    """A resume answered with 200 and the whole body must replace the partial file, not be appended to it."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'ignore-range'
+    _assert_weights(_load(), sknet18_small)
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
+
+
+def test_three_attempts_without_new_data_then_weights_error(local_hub, sknet18_small):
+    """The first request brings exactly half the file (a clean close); the two resumes bring nothing: the third
+    break in a row without new data ends the download."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'truncate'
+    with pytest.raises(WeightsError, match='broke 3 times in a row with no new data'):
+        _load()
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 3
+
+
 def test_the_default_stall_timeout_is_20_s_and_the_environment_sets_it(monkeypatch):
     monkeypatch.delenv(STALL_TIMEOUT_ENV, raising=False)
     assert configured_stall_timeout() == DEFAULT_STALL_TIMEOUT_S == 20.0  # under the 30 s the package promises
