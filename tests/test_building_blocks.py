@@ -22,6 +22,8 @@ def test_se_module_matches_its_definition():
     g = torch.sigmoid(h @ se.fc2.weight.flatten(1).t() + se.fc2.bias)    # C/r -> C
     assert se.fc1.out_channels == 8 and se.in_channels == 32 and se.reduction == 4
     torch.testing.assert_close(se(x), x * g[:, :, None, None])
+    # C / r, as in the SE paper, not rounded to a multiple of 8 (timm's default for 'se'); halves round up
+    assert SEModule(24, reduction=4).fc1.out_channels == 6 and SEModule(40, reduction=16).fc1.out_channels == 3
 
 
 def test_se_module_rejects_bad_reduction():
