@@ -4,7 +4,8 @@ It answers what huggingface_hub 2.x reads (``file_download.get_hf_file_metadata`
 ``utils/_xet.py``), the way huggingface.co answers it:
 
 - A small file (``config.json``, ``README.md``): ``HEAD``/``GET {hub}/{repo}/resolve/{rev}/{path}`` answer 200
-  with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``.
+  with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``. A weights file is served that way too when its path is
+  in ``hub.in_git`` (a repo whose ``.gitattributes`` does not send it to LFS: the Hub then stores it in git).
 - An LFS file (weights): ``HEAD`` and ``GET`` on ``/resolve`` answer **302** with ``Location:`` a signed URL on
   the CDN (another host: 127.0.0.2, another port), ``X-Linked-Etag: "<sha256>"``, ``X-Linked-Size``,
   ``X-Repo-Commit``, while ``ETag`` names the LFS *pointer* (its git blob sha1), as on the Hub. A client that
@@ -30,7 +31,9 @@ Faults (``hub.fault = name``), each on the side where it happens on the real Hub
   and the URL has expired when the client comes back to resume), ``'stall'`` (half the body, then nothing
   until the fault is cleared or the hub stops; ``hub.stalled`` is set when the stall begins), ``'slow'`` (a slow,
   flaky network: the body in 10 pieces ``hub.slow_gap_s`` apart; a request from byte 0 is reset after half of
-  them, a resumed one gets the rest).
+  them, a resumed one gets the rest), ``'drip'`` (every request, resumed ones too, gets a fifth of the file and
+  is reset: the file arrives only by resuming again and again), ``'ignore-range'`` (the first request is reset at
+  the middle; later ones ignore ``Range`` and answer 200 with the whole file, as some proxies do).
 
 Every request is recorded in ``hub.log`` (``Request(server, method, path, headers)``); ``hub.requests`` gives
 ``(method, path)`` pairs of both servers and ``hub.count(method, suffix, server=None)`` counts them.
@@ -50,7 +53,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = ['CDN_FAULTS', 'FAULTS', 'HUB_FAULTS', 'LocalHub', 'Request', 'lfs_pointer']
 
 HUB_FAULTS = ('500', 'size', 'gated', 'private', 'xet-token')
-CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall', 'slow')
+CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall', 'slow', 'drip', 'ignore-range')
 FAULTS = HUB_FAULTS + CDN_FAULTS
 _LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt')
 _URL_LIFETIME_S = 3600  # the Hub signs CDN URLs for an hour (X-Amz-Expires=3600)
@@ -127,6 +130,7 @@ class LocalHub:
         self.xet = False
         self.token = 'hf_local_test_token'
         self.head_barrier: Optional[threading.Barrier] = None  # LFS HEADs wait here (concurrency tests)
+        self.in_git: Set[str] = set()  # paths stored in git, not LFS, whatever their suffix
         self.stalled = threading.Event()
         self.slow_gap_s = 0.3
         self.log: List[Request] = []
@@ -386,7 +390,7 @@ class _HubHandler(_Handler):
         data = repo.commits[sha].get(filename)
         if data is None:
             self.error(404, 'EntryNotFound', f'{filename} does not exist at {revision}', {'X-Repo-Commit': sha})
-        elif is_lfs(filename):
+        elif is_lfs(filename) and filename not in self.hub.in_git:
             self.redirect_to_cdn(repo_id, sha, filename, data)
         else:
             headers = {'X-Repo-Commit': sha, 'ETag': f'"{git_blob_sha1(data)}"', 'Accept-Ranges': 'bytes',
@@ -436,6 +440,8 @@ class _CdnHandler(_Handler):
             mid = len(data) // 2
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
         start = _range_start(self.headers.get('Range'))
+        if fault == 'ignore-range' and start:
+            start, fault = 0, None  # the whole file, as a plain 200
         if start >= len(data) and len(data):
             self.send(416, {'Content-Range': f'bytes */{len(data)}'})
             return
@@ -450,9 +456,14 @@ class _CdnHandler(_Handler):
 
     def write_body(self, data: bytes, start: int, fault: Optional[str]) -> None:
         half = len(data) // 2
-        if fault in ('reset', 'truncate') or (fault == 'expire-on-resume' and start == 0):
+        if fault in ('reset', 'truncate', 'ignore-range') or (fault == 'expire-on-resume' and start == 0):
             self.wfile.write(data[start:max(half, start)])
             self.abort(rst=fault != 'truncate')
+        elif fault == 'drip':
+            end = min(start + -(-len(data) // 5), len(data))
+            self.wfile.write(data[start:end])
+            if end < len(data):
+                self.abort(rst=True)
         elif fault == 'slow':
             step = -(-len(data) // 10)
             end = half if start == 0 else len(data)

@@ -3,6 +3,7 @@
 Every test runs a fresh interpreter that never imports timm_sknet itself, on a wheel (or editable wheel) built
 from this checkout and installed by pip into a temporary folder (``installed_package.py``).
 """
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from installed_package import *  # noqa: F401,F403  (fixtures)
-from installed_package import run_python
+from installed_package import REPO, run_python
 
 PTH = 'timm_sknet_autoload.pth'
 
@@ -154,3 +155,53 @@ def test_pip_installs_it_into_a_venv_that_runs_it_at_start_and_pip_uninstall_rem
     assert leftovers == []
     after = subprocess.run([str(python), '-c', code], capture_output=True, text=True, cwd=tmp_path)
     assert after.stdout.split() == ['False', 'False', 'False'] and after.stderr == ''
+
+
+# ---- the watcher's own logic, on stand-ins: no build, no torch --------------------------------------------------
+_WATCH = """
+import os, sys
+import timm_sknet_autoload as autoload
+{before}
+autoload.install()
+watching = any(hasattr(f, 'timm_sknet_autoload') for f in sys.meta_path)
+{between}
+import timm
+print(watching, 'timm_sknet' in sys.modules, any(hasattr(f, 'timm_sknet_autoload') for f in sys.meta_path))
+"""
+
+
+def _run_watcher(tmp_path, before='', between='', env=None):
+    """The autoload module from this checkout, a stand-in timm and a stand-in timm_sknet that only records its import."""
+    stub = tmp_path / 'stub'
+    for name in ('timm', 'timm_sknet'):
+        (stub / name).mkdir(parents=True, exist_ok=True)
+        (stub / name / '__init__.py').write_text('')
+    environ = {k: v for k, v in os.environ.items() if k != 'TIMM_SKNET_AUTOLOAD'}
+    environ.update(env or {}, PYTHONPATH=os.pathsep.join([str(stub), str(REPO)]))
+    proc = subprocess.run([sys.executable, '-S', '-c', _WATCH.format(before=before, between=between)],
+                          env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def test_the_watcher_registers_once_timm_is_imported_and_then_leaves(tmp_path):
+    assert _run_watcher(tmp_path) == ['True', 'True', 'False']
+
+
+def test_the_switch_is_read_again_when_timm_is_imported(tmp_path):
+    """Set after start-up (the watcher is already in place), any case: timm imports, the package does not."""
+    for value in ('No', 'OFF'):
+        assert _run_watcher(tmp_path, between=f"os.environ['TIMM_SKNET_AUTOLOAD'] = {value!r}") == [
+            'True', 'False', 'False'], value
+
+
+def test_install_after_timm_was_imported_registers_at_once(tmp_path):
+    assert _run_watcher(tmp_path, before='import timm') == ['False', 'True', 'False']
+
+
+@pytest.mark.parametrize('value, on', [('0', False), ('false', False), ('No', False), (' OFF ', False),
+                                       ('1', True), ('', True), ('yes', True)])
+def test_the_switch_values(value, on, monkeypatch):
+    import timm_sknet_autoload
+    monkeypatch.setenv('TIMM_SKNET_AUTOLOAD', value)
+    assert timm_sknet_autoload.enabled() is on

@@ -1,7 +1,12 @@
-"""The public building blocks: SEModule, SKBottleneck / SKBasicBlock, SKNet constructed directly, errors."""
+"""The public building blocks: SEModule, SKBottleneck / SKBasicBlock, SKNet constructed directly, errors.
+
+What a block does beyond the SK unit (SE after the last conv, drop path, zero_init_last) is compared with timm's
+own SK blocks (``timm.models.sknet``), which do the same things the same way: same weights, same outputs.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomize_batchnorm, rel_max_diff
 
 import timm
 
@@ -17,6 +22,8 @@ def test_se_module_matches_its_definition():
     g = torch.sigmoid(h @ se.fc2.weight.flatten(1).t() + se.fc2.bias)    # C/r -> C
     assert se.fc1.out_channels == 8 and se.in_channels == 32 and se.reduction == 4
     torch.testing.assert_close(se(x), x * g[:, :, None, None])
+    # C / r, as in the SE paper, not rounded to a multiple of 8 (timm's default for 'se'); halves round up
+    assert SEModule(24, reduction=4).fc1.out_channels == 6 and SEModule(40, reduction=16).fc1.out_channels == 3
 
 
 def test_se_module_rejects_bad_reduction():
@@ -29,6 +36,67 @@ def test_se_as_timm_attn_layer():
         model = timm.create_model('sknet50', block_args=dict(attn_layer=SEModule))
     assert isinstance(model.layer1[0].se, SEModule) and model.layer1[0].se.in_channels == 256
     assert model.layer1[0].conv2.num_paths == 2  # SK settings survive extra block_args
+
+
+# timm's SK models with the SK settings of their entrypoints, for block_args that replace them wholesale
+_TIMM_SK_KWARGS = {
+    'skresnext50_32x4d': dict(rd_ratio=1 / 16, rd_divisor=32, split_input=False),
+    'skresnet18': dict(rd_ratio=1 / 8, rd_divisor=16, split_input=True),
+}
+_SMALL = dict(layers=(1, 1, 1, 1), num_classes=10)
+
+
+def _timm_sk(name: str, attn_layer=None, **kwargs):
+    block_args = dict(sk_kwargs=_TIMM_SK_KWARGS[name], attn_layer=attn_layer)
+    return timm.create_model(name, block_args=block_args, **_SMALL, **kwargs)
+
+
+def test_se_inside_a_block_runs_as_in_timms_sk_blocks():
+    """sknet50 with SE in every block against timm's skresnext50_32x4d with SE, the same weights."""
+    reference = randomize_batchnorm(_timm_sk('skresnext50_32x4d', attn_layer='se'), seed=3).eval()
+    model = timm.create_model('sknet50', block_args=dict(attn_layer='se'), **_SMALL).eval()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(x)
+        assert rel_max_diff(model(x), expected) < 1e-5
+        # the SE modules matter here: without them the output is another one
+        for block in (model.layer1[0], model.layer2[0], model.layer3[0], model.layer4[0]):
+            block.se = torch.nn.Identity()
+        assert rel_max_diff(model(x), expected) > 1e-2
+
+
+@pytest.mark.parametrize('ours, theirs', [('sknet18', 'skresnet18'), ('sknet50', 'skresnext50_32x4d')])
+def test_drop_path_in_training_matches_timms_blocks(ours, theirs):
+    """Stochastic depth: with the same seed, timm's blocks and ours drop the same residual branches."""
+    reference = _timm_sk(theirs, drop_path_rate=0.5).train()
+    model = timm.create_model(ours, drop_path_rate=0.5, **_SMALL).train()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        expected = reference(x)
+        torch.manual_seed(7)
+        got = model(x)
+        torch.manual_seed(8)
+        other_draw = model(x)
+    assert rel_max_diff(got, expected) < 1e-5
+    assert rel_max_diff(other_draw, expected) > 1e-3, 'another seed drops other branches: the paths were dropped'
+
+
+def _zero_scales(model) -> set:
+    """Names of the BatchNorm scales that are all zero."""
+    return {name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.BatchNorm2d) and m.weight is not None and not m.weight.any()}
+
+
+@pytest.mark.parametrize('ours, theirs', [('sknet18', 'skresnet18'), ('sknet50', 'skresnext50_32x4d')])
+def test_zero_init_last_zeroes_the_batchnorms_timm_zeroes(ours, theirs):
+    """timm's ResNet calls every block's zero_init_last(); timm's SK blocks zero the last BN's scale."""
+    expected = _zero_scales(_timm_sk(theirs, zero_init_last=True))
+    assert expected and all(name.endswith(('conv2.bn', 'conv3.bn')) for name in expected)
+    assert _zero_scales(timm.create_model(ours, **_SMALL)) == expected  # the default, as in timm's ResNet
+    assert _zero_scales(timm.create_model(ours, zero_init_last=False, **_SMALL)) == set()
 
 
 def test_sknet_seed_api():

@@ -75,6 +75,40 @@ def assert_inference(detector, n=2):
         assert ((det['boxes'] >= 0) & (det['boxes'] <= SIZE)).all()
 
 
+def _one_image_with_one_object(size=64):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, size, size, generator=g) * 0.3
+    image[:, 14:44, 20:50] = torch.tensor([0.9, 0.2, 0.2])[:, None, None]
+    return image, dict(boxes=torch.tensor([[20., 14., 50., 44.]]), labels=torch.tensor([1]))
+
+
+@pytest.mark.parametrize('detector', ['fasterrcnn', 'retinanet'])
+def test_detector_overfits_one_image(detector):
+    """Finite losses prove little: on one image, 12 optimizer steps must bring the loss well down. The backbone
+    is the embedded sknet_tiny.synthetic (trained weights, no network), BatchNorm frozen, batch size 1."""
+    torch.manual_seed(0)
+    image, target = _one_image_with_one_object()
+    small = dict(min_size=64, max_size=64)
+    if detector == 'fasterrcnn':
+        backbone = sknet_fpn_backbone('sknet_tiny', pretrained=True, out_channels=32)
+        model = FasterRCNN(backbone, num_classes=2, **small, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50,
+                           box_batch_size_per_image=32, representation_size=64)
+    else:
+        backbone = sknet_fpn_backbone('sknet_tiny', pretrained=True, out_indices=(2, 3, 4), out_channels=32,
+                                      extra_blocks=LastLevelP6P7(32, 32))
+        model = RetinaNet(backbone, num_classes=2, **small, topk_candidates=50)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(12):
+        loss = sum(model([image], [target]).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
+
+
 def test_pyramid_levels():
     backbone = sknet_fpn_backbone('sknet18', out_channels=32).eval()
     with torch.no_grad():

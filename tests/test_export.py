@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from small_models import make, rel_err
+from torch import nn
 
 from timm_sknet.inference import fuse_model
 from timm_sknet.inference.export import compile_for_inference, export_onnx, export_torchscript
@@ -70,3 +71,47 @@ def test_export_keeps_callers_model_in_train_mode(tmp_path):
     model = make('sknet18').train()
     export_torchscript(model, tmp_path / 'm.pt', input_size=(3, 32, 32), method='trace')
     assert model.training
+
+
+class _ScriptedDiffers(nn.Module):
+    """A model whose TorchScript form computes something else than its eager form (a stand-in for an export bug)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.jit.is_scripting():
+            return y + 1.0
+        return y
+
+
+class _GraphBreak(nn.Module):
+    """A model that torch.compile can only run in two graphs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        torch._dynamo.graph_break()
+        return y * 2
+
+
+def test_torchscript_verification_refuses_a_file_that_differs_from_eager(tmp_path):
+    with pytest.raises(RuntimeError, match='TorchScript differs from eager'):
+        export_torchscript(_ScriptedDiffers(), tmp_path / 'm.pt', input_size=(3, 8, 8))
+    assert os.listdir(tmp_path) == []  # nothing half-checked left at the destination
+    export_torchscript(_ScriptedDiffers(), tmp_path / 'm.pt', input_size=(3, 8, 8), verify=False)
+    assert os.listdir(tmp_path) == ['m.pt']  # the same model exports when the check is turned off
+
+
+def test_compile_for_inference_refuses_graph_breaks():
+    """fullgraph=True is the point: a model that needs a Python fallback must fail, not run slowly."""
+    compiled = compile_for_inference(_GraphBreak(), backend='eager')
+    with pytest.raises(torch._dynamo.exc.Unsupported, match='graph_break'):
+        compiled(torch.randn(1, 3, 8, 8))
+    relaxed = compile_for_inference(_GraphBreak(), backend='eager', fullgraph=False)  # the caller may opt out
+    assert relaxed(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)

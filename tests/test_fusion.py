@@ -226,6 +226,19 @@ def test_fused_fast_and_autograd_paths_agree(name, channels_last):
     assert rel_err(fast, ref) < RTOL and rel_err(slow.detach(), ref) < RTOL
 
 
+def test_gradients_through_a_fused_model_equal_the_plain_models():
+    """A fused model used with autograd (saliency maps, fine-tuning after fusing) must not select in place into
+    tensors that backward needs: the input gradient equals the plain model's."""
+    model = make('sknet50-M3-os16')
+    fused = fuse_model(model)
+    grads = []
+    for m in (model, fused):
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        m(x).logsumexp(1).sum().backward()
+        grads.append(x.grad)
+    assert rel_err(grads[1], grads[0]) < RTOL
+
+
 def _count_onednn_calls(monkeypatch):
     calls = []
     for name in ('conv_act', 'conv_add_relu'):

@@ -167,3 +167,26 @@ def test_config_json_has_class_names_at_the_root_and_no_num_classes_in_model_arg
     assert 'num_classes' not in config.get('model_args', {}) and config['num_classes'] == 6
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert loaded.num_classes == 6 and list(loaded.pretrained_cfg['label_names']) == config['label_names']
+
+
+def test_class_names_that_no_longer_fit_the_head_are_left_out(tmp_path):
+    """sknet_tiny.synthetic names 6 classes; with a 3-class head those names would be wrong (and transformers
+    would build a 6-label config for 3 outputs)."""
+    model = timm.create_model('sknet_tiny.synthetic', num_classes=3)
+    assert len(model.pretrained_cfg['label_names']) == 6
+    config = json.loads((export_hub_folder(model, tmp_path / 'export') / 'config.json').read_text())
+    assert config['num_classes'] == 3 and 'label_names' not in config
+
+
+def test_export_of_a_headless_checkpoint_builds_a_headless_model(trained, tmp_path):
+    """A backbone checkpoint (no fc) needs num_classes=0, which the exporter reads from the missing head."""
+    backbone = {k: v for k, v in trained.state_dict().items() if not k.startswith('fc.')}
+    ckpt = tmp_path / 'backbone.pth'
+    torch.save(backbone, ckpt)
+    out = export_hub_folder(ckpt, tmp_path / 'export', model_name='sknet18', model_kwargs=dict(SMALL))
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert loaded.num_classes == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained.forward_head(trained.forward_features(x), pre_logits=True),
+                                   rtol=0, atol=0)

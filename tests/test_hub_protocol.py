@@ -4,6 +4,9 @@ either side. Each fault gives one WeightsError naming model, repo, cause and rem
 that a later load would trust, and the next load after the fault clears succeeds with one download.
 """
 import hashlib
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -89,6 +92,40 @@ def test_an_expired_url_is_renewed_and_the_download_resumes(local_hub, hf_cache,
     assert not [f for f in _cache_files(hf_cache) if f.endswith('.tmp')]
 
 
+def _git_hash_object(data: bytes) -> str:
+    """What git itself calls ``data`` (``git hash-object``), else git's definition of a blob id."""
+    if shutil.which('git') is None:
+        return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+    return subprocess.run(['git', 'hash-object', '--stdin'], input=data, capture_output=True,
+                          check=True).stdout.decode().strip()
+
+
+def test_a_weights_file_stored_in_git_is_checked_against_its_git_blob_sha1(local_hub, hf_cache):
+    """Not every repo sends *.safetensors to LFS: the Hub then serves the file itself, its ETag the git blob sha1
+    (no sha256 anywhere). The download, and every later load from the cache, is checked against that id."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from timm_sknet.hub import fetch_verified_weights
+
+    data = safetensors_bytes({'weight': torch.arange(64, dtype=torch.float32)})
+    local_hub.add_commit('me/small', {WEIGHTS: data})
+    local_hub.in_git.add(WEIGHTS)
+    path = fetch_verified_weights('me/small')
+    assert path.read_bytes() == data
+    assert local_hub.count('GET', WEIGHTS, server='hub') == 1 and local_hub.count('GET', server='cdn') == 0
+    blob = Path(os.path.realpath(path))
+    assert blob.name == git_blob_sha1(data) == _git_hash_object(data)  # the blob is named by git's id
+
+    corrupted = bytearray(data)
+    corrupted[-1] ^= 1  # same size: only the digest can tell
+    blob.write_bytes(bytes(corrupted))
+    with pytest.raises(WeightsError, match='integrity check failed: the git-sha1 of the cached file'):
+        fetch_verified_weights('me/small')
+    assert not blob.exists() and not path.is_symlink()  # evicted, not trusted later
+    assert fetch_verified_weights('me/small').read_bytes() == data  # and downloaded afresh
+    assert local_hub.count('GET', WEIGHTS, server='hub') == 2
+
+
 # ---- faults, each side ---------------------------------------------------------------------------------------
 FAULT_MESSAGES = {  # fault -> what the WeightsError must say, and the remedy it must give
     '500': ('HTTP 500', 'Retry'),
@@ -154,6 +191,36 @@ def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_
     assert time.perf_counter() - start >= 2.5  # well past the limit, yet never 1 s without data
     ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
     assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
+
+
+def test_a_connection_that_breaks_after_every_piece_is_resumed_to_the_end(local_hub, sknet18_small):
+    """Each request brings at most a fifth of the file, then the connection resets (an RST may drop some of what
+    was sent): many breaks, none without new data, so the download goes on to the end."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'drip'
+    _assert_weights(_load(), sknet18_small)
+    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
+    offsets = [int(r[len('bytes='):-1]) for r in ranges[1:]]
+    assert len(ranges) >= 5 and ranges[0] is None
+    assert all(a < b for a, b in zip([0, *offsets], offsets)), ranges  # every resume starts further on
+
+
+def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet18_small):
+    """A resume answered with 200 and the whole body must replace the partial file, not be appended to it."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'ignore-range'
+    _assert_weights(_load(), sknet18_small)
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
+
+
+def test_three_attempts_without_new_data_then_weights_error(local_hub, sknet18_small):
+    """The first request brings exactly half the file (a clean close); the two resumes bring nothing: the third
+    break in a row without new data ends the download."""
+    _serve(local_hub, sknet18_small)
+    local_hub.fault = 'truncate'
+    with pytest.raises(WeightsError, match='broke 3 times in a row with no new data'):
+        _load()
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 3
 
 
 def test_the_default_stall_timeout_is_20_s_and_the_environment_sets_it(monkeypatch):

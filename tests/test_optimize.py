@@ -118,6 +118,16 @@ def test_int8_needs_calibration_and_the_other_backends_say_where_it_runs(classif
             optimize(classifier, backend, 'int8', input_size=SIZE)
 
 
+def test_relative_error_is_the_largest_difference_over_the_largest_reference_value():
+    """The one measure every tolerance of the package is stated in, on numbers worked out by hand."""
+    assert relative_error(torch.tensor([[1., 2.]]), torch.tensor([[1., 4.]])) == 0.5   # 2 / 4
+    features = [torch.tensor([0., 1.]), torch.tensor([10., 0.])]
+    reference = [torch.tensor([0., 2.]), torch.tensor([8., 0.])]
+    assert relative_error(features, reference) == 0.25                                   # max(1, 2) / 8
+    with pytest.raises(RuntimeError, match='output shapes'):
+        relative_error(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
 def test_a_result_outside_the_tolerance_is_refused(classifier, monkeypatch):
     monkeypatch.setitem(TOLERANCES, 'fp32', 0.0)  # even reordered sums now count as wrong
     with pytest.raises(OptimizationError, match='tolerance 0'):

@@ -4,7 +4,9 @@ Every run uses a tiny SKNet (stages 8-16-32-64, one block each) on 32x32 synthet
 second or two on 2 cores.
 """
 import argparse
+import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -47,10 +49,15 @@ def test_training_reduces_the_loss(tmp_path):
                               '--weight-decay', '0', '--no-aug', '--smoothing', '0'))
     history = json.loads((tmp_path / 'summary.json').read_text())['final']
     assert summary['complete'] and history['epoch'] == 12
-    rows = (tmp_path / 'metrics.csv').read_text().splitlines()
-    losses = [float(r.split(',')[1]) for r in rows[1:]]
+    with open(tmp_path / 'metrics.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r['train_loss']) for r in rows]
     assert len(losses) == 12
     assert sum(losses[-2:]) / 2 < 0.8 * losses[0], f'train loss did not go down: {losses}'
+    # the schedule steps every update: cosine from --lr to the default --min-lr 1e-5 over 12 epochs x 2 updates
+    # (SGDR's formula, lr_t = min + (max - min) (1 + cos(pi t / T)) / 2), as recorded at the end of each epoch
+    expected = [1e-5 + (3e-3 - 1e-5) * (1 + math.cos(math.pi * 2 * epoch / 24)) / 2 for epoch in range(1, 13)]
+    assert [float(r['lr']) for r in rows] == pytest.approx(expected, rel=1e-6)
 
 
 def test_model_folder_loads_back_through_timm_local_dir(tmp_path):
@@ -65,6 +72,22 @@ def test_model_folder_loads_back_through_timm_local_dir(tmp_path):
     # exactly the weights the run ended with (the EMA, digest taken in memory before saving)
     assert state_digest(loaded) == summary['state_digest']
     assert loaded.pretrained_cfg['crop_pct'] == 1.0
+    # ... and those are the EMA weights of the last checkpoint's training state, not the trained weights
+    exported = load_file(folder / 'model.safetensors')
+    ema = torch.load(tmp_path / 'checkpoint' / TRAINING_STATE_FILE, weights_only=True)['ema']
+    trained = load_file(tmp_path / 'checkpoint' / 'model.safetensors')
+    assert exported.keys() <= ema.keys() and exported.keys() == trained.keys()
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    assert not all(torch.equal(exported[k], trained[k]) for k in exported), 'EMA and trained weights differ'
+
+
+def test_ema_decay_is_the_one_asked_for(tmp_path):
+    """With --model-ema-decay 0 the average is the latest weights: the export equals the trained weights."""
+    run_train(_args(tmp_path, '--model-ema', '--model-ema-decay', '0', '--epochs', '1'))
+    exported = load_file(tmp_path / 'model' / 'model.safetensors')
+    trained = load_file(tmp_path / 'checkpoint' / 'model.safetensors')
+    assert exported.keys() == trained.keys()
+    assert all(torch.equal(exported[k], trained[k]) for k in exported)
 
 
 def test_checkpoint_roundtrip_gives_identical_outputs(tmp_path):
@@ -126,6 +149,10 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     assert summary['world_size'] == 2
     digests = summary['rank_state_digests']
     assert len(digests) == 2 and digests[0] == digests[1], digests
+    # the trained (not only the EMA) weights agree too: BatchNorm statistics are averaged across processes
+    model_digests = summary['rank_model_digests']
+    assert len(model_digests) == 2 and model_digests[0] == model_digests[1] != digests[0], model_digests
+    assert summary['ranks_in_sync']
     # 64 images over 2 processes at batch 8: 4 synchronised steps, not 8 independent ones
     state = torch.load(out / 'checkpoint' / TRAINING_STATE_FILE, weights_only=True)
     assert state['num_updates'] == 4
@@ -157,7 +184,7 @@ def test_imagefolder_with_amp_bf16_grad_checkpointing_channels_last(tmp_path):
     summary = run_train(_args(tmp_path / 'run', '--data-dir', str(root), '--val-split', 'val', '--epochs', '1',
                               '--amp', '--amp-dtype', 'bfloat16', '--grad-checkpointing', '--channels-last'))
     assert summary['complete'] and summary['classes'] == ['disk', 'square', 'triangle']
-    assert summary['final']['train_loss'] == pytest.approx(summary['final']['train_loss'])  # finite
+    assert math.isfinite(summary['final']['train_loss'])
     config = json.loads((tmp_path / 'run' / 'model' / 'config.json').read_text())
     assert config['num_classes'] == 3 and config['label_names'] == ['disk', 'square', 'triangle']
 

@@ -1,8 +1,9 @@
 """Squeeze-and-Excitation (Hu et al., CVPR 2018) with the ``SEModule(in_channels, reduction)`` API users expect.
 
 This is timm's ``SEModule`` (so SE weights and timm's ``attn_layer`` machinery work unchanged) behind the
-seed API: ``reduction`` is an integer ratio, and the hidden width is ``round(in_channels / reduction)``
-with no rounding to a multiple of 8, as in the SE paper. Pass ``attn_layer=SEModule`` (or ``'se'``) to
+seed API: ``reduction`` is an integer ratio, and the hidden width is ``in_channels / reduction`` rounded to
+the nearest integer (timm's ``make_divisible`` with divisor 1: halves round up, and the result is never more
+than 10 % below the ratio), with no rounding to a multiple of 8, as in the SE paper. Pass ``attn_layer=SEModule`` (or ``'se'``) to
 an SK block or ``SKNet`` to add SE after the block's last conv, as SENet does.
 """
 from typing import Type

@@ -12,7 +12,7 @@ Output folder::
     model/        the final weights in Hub layout (EMA weights with --model-ema): load them with
                   timm.create_model('local-dir:<output>/model', pretrained=True)
     metrics.csv   one row per epoch (timm's update_summary format)
-    summary.json  final metrics, timing, and the weight digest of every process
+    summary.json  final metrics, timing, and the weight digests of every process (exported and trained weights)
 
 Resuming (``--resume <output or checkpoint folder>``) restores weights, optimizer, scheduler, EMA, grad
 scaler and epoch. Each epoch's randomness (shuffling, augmentation, drop-path) is seeded from
@@ -263,15 +263,17 @@ def finish(job: TrainJob, wall_time: float) -> Dict[str, Any]:
     final = job.ema.module if job.ema is not None else job.model
     digest = state_digest(final)
     digests = _gather_digests(job, digest)
+    model_digests = digests if final is job.model else _gather_digests(job, state_digest(job.model))
     complete = bool(history) and history[-1]['epoch'] == job.num_epochs
     summary = dict(
         model=args.model, model_kwargs=args.model_kwargs, num_params=sum(p.numel() for p in job.model.parameters()),
         classes=job.class_names, data=args.data_dir or 'synthetic', epochs_run=len(history) and history[-1]['epoch'],
         epochs=job.num_epochs, complete=complete, world_size=args.world_size, device=job.device.type,
         wall_time_s=wall_time, final=history[-1] if history else None, exported='ema' if job.ema else 'model',
-        state_digest=digest, rank_state_digests=digests, ranks_in_sync=len(set(digests)) == 1)
+        state_digest=digest, rank_state_digests=digests, rank_model_digests=model_digests,
+        ranks_in_sync=len(set(digests)) == len(set(model_digests)) == 1)
     if not summary['ranks_in_sync']:
-        job.log(f'WARNING: the processes ended with different weights: {digests}')
+        job.log(f'WARNING: the processes ended with different weights: {digests} (trained: {model_digests})')
     if job.primary:
         output = Path(args.output)
         if complete:
