@@ -111,3 +111,13 @@ def test_fused_model_records_the_same_weights(model, x):
 def test_a_model_without_sk_units_is_refused():
     with pytest.raises(ValueError, match='no SK unit'):
         record_sk_attention(timm.create_model('resnet10t'))
+
+
+def test_units_are_named_by_the_papers_stage_with_the_stem_as_stage_1(model):
+    """Fig. 3 of the paper: conv1 is stage 1, so timm's layer1 holds SK[2, 1] ... and layer4 SK[5, *]."""
+    with record_sk_attention(model) as rec:
+        units = dict(rec.units)
+    expected = {f'SK_{i + 1}_{j + 1}': f'layer{i}.{j}.conv1.attn'
+                for i in range(1, 5) for j in range(len(getattr(model, f'layer{i}')))}
+    assert {name: u.module_path for name, u in units.items()} == expected
+    assert all((u.stage, u.block) == (int(n.split('_')[1]), int(n.split('_')[2])) for n, u in units.items())

@@ -295,6 +295,14 @@ def test_hf_hub_sknet_weights_failures_are_weights_errors_without_any_block(loca
     _assert_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
 
 
+def test_hf_hub_sknet_weights_are_asked_for_once(local_hub, hf_cache, sknet18_small):
+    """timm is handed the verified file, not the Hub name: it must not ask the Hub for the weights again."""
+    config = b'{"architecture": "sknet18", "pretrained_cfg": {}, "model_args": {"layers": [1, 1, 1, 1]}}'
+    local_hub.add_commit('me/sknet18-mine', {'config.json': config, WEIGHTS: sknet18_small.data})
+    _assert_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
+    assert local_hub.count('HEAD', WEIGHTS) == 1, local_hub.requests
+
+
 # ---- the command line ----------------------------------------------------------------------------------------
 @pytest.fixture
 def image(tmp_path):

@@ -12,6 +12,7 @@ from helpers import randomize_batchnorm
 
 import timm
 
+import timm_sknet.inference.machine as machine_module
 import timm_sknet.inference.optimized_model as optimize_module
 from timm_sknet.inference import (
     TOLERANCES,
@@ -145,6 +146,10 @@ def test_auto_says_what_it_picked_and_why(monkeypatch):
     monkeypatch.setattr(optimize_module, '_installed', lambda name: installed.get(name, False))
     assert choose_backend('fp32', torch.device('cpu'))[0] == 'openvino'
     assert choose_backend('int8', torch.device('cpu'))[0] == 'openvino'
+    installed['nncf'] = False  # OpenVINO alone runs fp32 and bf16; int8 needs NNCF as well
+    assert choose_backend('bf16', torch.device('cpu'))[0] == 'openvino'
+    with pytest.raises(BackendUnavailable, match='NNCF'):
+        choose_backend('int8', torch.device('cpu'))
     installed['openvino'] = False
     backend, reason = choose_backend('fp32', torch.device('cpu'))
     assert backend == 'inductor' and 'not installed' in reason
@@ -176,3 +181,41 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     model, flags = read_cpuinfo(str(cpuinfo))
     assert model == 'Test CPU 9000' and {'avx2', 'avx512_bf16', 'avx512_vnni'} <= flags
     assert read_cpuinfo(str(tmp_path / 'missing'))[1] == frozenset()
+
+
+@pytest.mark.parametrize('flags, bf16, int8', [
+    ('avx fma avx2', False, False),                                  # the AVX+FMA machine of this class
+    ('avx fma avx2 avx512f avx512bw avx512_vnni', False, True),      # AVX-512 and VNNI, no BF16
+    ('avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16', True, True),
+    ('avx2 avx_vnni', False, True),
+    ('amx_tile amx_bf16 amx_int8', True, True),
+    ('fp asimd asimddp bf16 i8mm', True, True),                      # Arm (cpuinfo's "Features")
+])
+def test_native_bf16_and_int8_follow_the_cpus_flags(flags, bf16, int8, tmp_path, monkeypatch):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n')
+    real = machine_module.read_cpuinfo
+    monkeypatch.setattr(machine_module, 'read_cpuinfo', lambda: real(str(cpuinfo)))
+    machine_module.machine_info.cache_clear()
+    try:
+        assert (machine_module.native_bf16(), machine_module.native_int8()) == (bf16, int8)
+    finally:
+        machine_module.machine_info.cache_clear()
+
+
+def test_int8_is_refused_when_top1_classes_change_even_within_the_tolerance():
+    """Small logit errors can still swap close classes; int8 must keep >= 90 % of the plain model's top-1."""
+    from timm_sknet.inference.backends import Runner
+    from timm_sknet.inference.optimized_model import OptimizedModel, verify
+
+    logits = torch.tensor([[1.0, 0.98, 0.0], [0.0, 1.0, 0.99]])
+    model = torch.nn.Linear(1, 1)  # only its device and eval() are used besides the call below
+    model.forward = lambda x: logits
+    swapped = logits.clone()
+    swapped[0, :2], swapped[1, 1:] = logits[0, :2].flip(0), logits[1, 1:].flip(0)  # top-1 of both rows moves
+    runner = Runner(lambda x: swapped, 'stand-in runtime returning given logits')
+    optimized = OptimizedModel(runner, 'openvino', 'int8', (3, 8, 8), 'test')
+    with pytest.raises(OptimizationError, match='top-1 agreement 0%'):
+        verify(optimized, model, torch.zeros(2, 3, 8, 8))
+    assert verify(OptimizedModel(Runner(lambda x: logits, ''), 'openvino', 'int8', (3, 8, 8), ''), model,
+                  torch.zeros(2, 3, 8, 8)) == 0.0
