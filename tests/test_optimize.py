@@ -153,6 +153,9 @@ def test_auto_says_what_it_picked_and_why(monkeypatch):
     installed['openvino'] = False
     backend, reason = choose_backend('fp32', torch.device('cpu'))
     assert backend == 'inductor' and 'not installed' in reason
+    installed['onnxruntime'] = True  # faster than inductor in fp32, and has no bf16
+    assert choose_backend('fp32', torch.device('cpu'))[0] == 'onnxruntime'
+    assert choose_backend('bf16', torch.device('cpu'))[0] == 'inductor'
     with pytest.raises(BackendUnavailable, match='int8 needs OpenVINO'):
         choose_backend('int8', torch.device('cpu'))
     assert choose_backend('bf16', torch.device('cuda'))[0] == 'inductor'

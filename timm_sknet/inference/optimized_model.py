@@ -75,16 +75,21 @@ def _installed(module: str) -> bool:
 def choose_backend(precision: str, device: torch.device) -> Tuple[str, str]:
     """The backend ``'auto'`` means for ``precision`` on ``device``, and why.
 
-    From the benchmark on this project's CPU class (README, "Inference"): OpenVINO is the fastest runtime
-    for sknet50 at every precision at batch 1 and 8; without it, inductor with freezing beats eager and
-    onnxruntime. On a GPU, inductor.
+    From the benchmark on this project's CPU class (README, "Fast inference"): OpenVINO is the fastest runtime
+    for sknet50 in bf16 and int8, and in fp32 at batch 8 (onnxruntime was faster for fp32 at batch 1; the
+    batch size is not known here, so that choice is left to the caller); without OpenVINO, onnxruntime for
+    fp32, and inductor with freezing for bf16 (both beat eager). On a GPU, inductor.
     """
     if device.type != 'cpu':
         return 'inductor', f'on {device.type}, torch.compile (inductor) is the fast path'
     if _installed('openvino') and (precision != 'int8' or _installed('nncf')):
-        return 'openvino', f'OpenVINO is installed and was the fastest {precision} runtime in the benchmark'
+        note = (" (for single images in fp32, backend='onnxruntime' measured faster)" if precision == 'fp32' else '')
+        return 'openvino', f'OpenVINO is installed and was the fastest {precision} runtime in the benchmark{note}'
     if precision == 'int8':
         raise BackendUnavailable('int8 needs OpenVINO and NNCF: pip install "timm-sknet[openvino]"')
+    if precision == 'fp32' and _installed('onnxruntime'):
+        return 'onnxruntime', ('OpenVINO is not installed (pip install "timm-sknet[openvino]"); onnxruntime was '
+                               'the next fastest fp32 runtime')
     return 'inductor', 'OpenVINO is not installed (pip install "timm-sknet[openvino]"); inductor is the next fastest'
 
 
