@@ -11,6 +11,7 @@ import pytest
 import torch
 from huggingface_hub import constants as hf_constants
 from local_hub import LocalHub
+from loopback_guard import sitecustomize as loopback_guard
 from safetensors.torch import save as safetensors_bytes
 
 import timm
@@ -104,4 +105,4 @@ def child_env(endpoint: str, cache: Path, **extra: str) -> Dict[str, str]:
                HF_HUB_DISABLE_IMPLICIT_TOKEN='1', HF_HUB_DISABLE_PROGRESS_BARS='1', OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
                PYTHONUNBUFFERED='1', **extra)
-    return env
+    return loopback_guard.child_environment(env)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import randomize_batchnorm
+from loopback_guard import sitecustomize as loopback_guard
 from safetensors.torch import load_file
 
 import timm
@@ -142,7 +143,8 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
            '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
            '-m', 'timm_sknet.tools.train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
            '--synthetic-val-size', '16', '--batch-size', '8', '--epochs', '1', '--model-ema', '--device', 'cpu']
-    env = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo', PYTHONPATH=str(REPO_ROOT))
+    env = loopback_guard.child_environment(
+        dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo', PYTHONPATH=str(REPO_ROOT)))
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / 'summary.json').read_text())
