@@ -19,6 +19,7 @@ import timm
 __all__ = [
     'ServedWeights', 'hf_cache', 'local_hub', 'point_hub_client_at', 'sknet18_small', 'sknet50_full',
     'dead_endpoint', 'child_env', 'REPO_ROOT', 'SMALL', 'SKNET18_REPO', 'SKNET50_REPO',
+    'load_small_sknet18', 'assert_served_weights',
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,19 @@ SKNET50_REPO = 'timm/skresnext50_32x4d.ra_in1k'
 class ServedWeights(NamedTuple):
     state_dict: Dict[str, torch.Tensor]
     data: bytes
+
+
+def load_small_sknet18(**kwargs) -> torch.nn.Module:
+    """``sknet18`` (one block per stage) with ``pretrained=True``: its weights come through the Hub path."""
+    return timm.create_model('sknet18', pretrained=True, **SMALL, **kwargs)
+
+
+def assert_served_weights(model: torch.nn.Module, weights: ServedWeights) -> None:
+    """``model`` holds exactly the served tensors, name for name."""
+    sd = model.state_dict()
+    assert sd.keys() == weights.state_dict.keys()
+    for k, v in weights.state_dict.items():
+        assert torch.equal(sd[k], v), k
 
 
 def _make(name: str, seed: int, **kwargs) -> ServedWeights:

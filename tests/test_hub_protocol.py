@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
-from hub_fixtures import SKNET18_REPO, SMALL
+from hub_fixtures import SKNET18_REPO, assert_served_weights, load_small_sknet18
 from huggingface_hub import constants as hf_constants
 from local_hub import git_blob_sha1, lfs_pointer
 
@@ -29,17 +29,6 @@ WEIGHTS = 'model.safetensors'
 
 def _serve(hub, weights, repo=SKNET18_REPO):
     return hub.add_commit(repo, {WEIGHTS: weights.data, 'config.json': b'{"architecture": "sknet18"}'})
-
-
-def _load(**kwargs):
-    return timm.create_model('sknet18', pretrained=True, **SMALL, **kwargs)
-
-
-def _assert_weights(model, weights):
-    sd = model.state_dict()
-    assert sd.keys() == weights.state_dict.keys()
-    for k, v in weights.state_dict.items():
-        assert torch.equal(sd[k], v), k
 
 
 def _cache_files(cache: Path):
@@ -59,7 +48,7 @@ def test_weights_come_from_the_cdn_and_the_blob_is_named_by_x_linked_etag(local_
     pointer_etag = git_blob_sha1(lfs_pointer(sknet18_small.data))
     assert pointer_etag != digest and len(pointer_etag) == 40  # the two headers really differ
 
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.count('HEAD', WEIGHTS, server='hub') == 1
     assert local_hub.count('GET', WEIGHTS, server='hub') == 0  # the Hub only redirects
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
@@ -73,7 +62,7 @@ def test_the_token_goes_to_the_hub_and_never_to_the_cdn(local_hub, monkeypatch, 
     local_hub.fault = 'gated'
     monkeypatch.setattr(hf_constants, 'HF_HUB_DISABLE_IMPLICIT_TOKEN', False)
     monkeypatch.setenv('HF_TOKEN', local_hub.token)
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     hub_auth = [r.headers.get('authorization') for r in local_hub.log if r.server == 'hub']
     cdn_headers = [r.headers for r in local_hub.log if r.server == 'cdn']
     assert hub_auth == [f'Bearer {local_hub.token}']
@@ -84,7 +73,7 @@ def test_an_expired_url_is_renewed_and_the_download_resumes(local_hub, hf_cache,
     """The first GET breaks mid-body and the URL has expired when the client comes back: ask the Hub again."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'expire-on-resume'
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
     assert len(ranges) == 3 and ranges[0] is None  # first GET, then the refused resume, then the renewed one
     assert ranges[1] == ranges[2] and int(ranges[1][len('bytes='):-1]) > 0
@@ -146,7 +135,7 @@ def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fa
     local_hub.fault = fault
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        _load()
+        load_small_sknet18()
     elapsed = time.perf_counter() - start
     err = info.value
     assert type(err) is WeightsError and isinstance(err, OSError)
@@ -159,7 +148,7 @@ def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fa
 
     local_hub.fault = None
     local_hub.reset_counts()
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
 
 
@@ -170,7 +159,7 @@ def test_a_stalled_cdn_fails_after_the_stall_timeout_and_leaves_nothing(local_hu
     monkeypatch.setenv(STALL_TIMEOUT_ENV, '1.5')
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        _load()
+        load_small_sknet18()
     elapsed = time.perf_counter() - start
     assert 1.5 <= elapsed < 4, elapsed  # one clock since the last byte, not 1.5 s per retry
     msg = str(info.value)
@@ -178,7 +167,7 @@ def test_a_stalled_cdn_fails_after_the_stall_timeout_and_leaves_nothing(local_hu
         assert part in msg, msg
     assert _cache_files(hf_cache) == []
     local_hub.fault = None
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
 
 
 def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_hub, monkeypatch, sknet18_small):
@@ -187,7 +176,7 @@ def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_
     local_hub.fault = 'slow'
     monkeypatch.setenv(STALL_TIMEOUT_ENV, '1')
     start = time.perf_counter()
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert time.perf_counter() - start >= 2.5  # well past the limit, yet never 1 s without data
     ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
     assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
@@ -198,7 +187,7 @@ def test_a_connection_that_breaks_after_every_piece_is_resumed_to_the_end(local_
     was sent): many breaks, none without new data, so the download goes on to the end."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'drip'
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
     offsets = [int(r[len('bytes='):-1]) for r in ranges[1:]]
     assert len(ranges) >= 5 and ranges[0] is None
@@ -209,7 +198,7 @@ def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet1
     """A resume answered with 200 and the whole body must replace the partial file, not be appended to it."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'ignore-range'
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
 
 
@@ -219,7 +208,7 @@ def test_three_attempts_without_new_data_then_weights_error(local_hub, sknet18_s
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'truncate'
     with pytest.raises(WeightsError, match='broke 3 times in a row with no new data'):
-        _load()
+        load_small_sknet18()
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 3
 
 
@@ -241,7 +230,7 @@ def test_a_hub_announcing_xet_is_downloaded_over_plain_http_and_verified(local_h
     local_hub.xet = True
     local_hub.fault = 'xet-token'  # a failing token route costs huggingface_hub's Xet path 23 s of retries
     start = time.perf_counter()
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert time.perf_counter() - start < 5
     assert not [r for r in local_hub.log if 'xet-read-token' in r.path or r.path.startswith('/cas')]
     digest = hashlib.sha256(sknet18_small.data).hexdigest()
@@ -253,7 +242,7 @@ def test_a_xet_repo_with_a_corrupting_cdn_still_gives_weights_error(local_hub, h
     local_hub.xet = True
     local_hub.fault = 'corrupt'
     with pytest.raises(WeightsError, match='integrity check failed'):
-        _load()
+        load_small_sknet18()
     assert _cache_files(hf_cache) == []
 
 
@@ -292,14 +281,14 @@ def test_hf_hub_sknet_weights_failures_are_weights_errors_without_any_block(loca
     with pytest.raises(WeightsError, match="'me/sknet18-mine'.*connection broke"):
         timm.create_model('hf-hub:me/sknet18-mine', pretrained=True)
     local_hub.fault = None
-    _assert_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
+    assert_served_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
 
 
 def test_hf_hub_sknet_weights_are_asked_for_once(local_hub, hf_cache, sknet18_small):
     """timm is handed the verified file, not the Hub name: it must not ask the Hub for the weights again."""
     config = b'{"architecture": "sknet18", "pretrained_cfg": {}, "model_args": {"layers": [1, 1, 1, 1]}}'
     local_hub.add_commit('me/sknet18-mine', {'config.json': config, WEIGHTS: sknet18_small.data})
-    _assert_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
+    assert_served_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
     assert local_hub.count('HEAD', WEIGHTS) == 1, local_hub.requests
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
-from hub_fixtures import SKNET18_REPO, SMALL, point_hub_client_at
+from hub_fixtures import SKNET18_REPO, SMALL, assert_served_weights, load_small_sknet18, point_hub_client_at
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save as safetensors_bytes
 
@@ -31,17 +31,6 @@ WEIGHTS_GET = f'/{SKNET18_REPO}/resolve/main/model.safetensors'
 
 def _serve(hub, weights, repo=SKNET18_REPO, branch='main'):
     return hub.add_commit(repo, {'model.safetensors': weights.data}, branch=branch)
-
-
-def _load(**kwargs):
-    return timm.create_model('sknet18', pretrained=True, **SMALL, **kwargs)
-
-
-def _assert_weights(model, weights):
-    sd = model.state_dict()
-    assert sd.keys() == weights.state_dict.keys()
-    for k, v in weights.state_dict.items():
-        assert torch.equal(sd[k], v), k
 
 
 def _reference_logits(weights, x):
@@ -63,8 +52,8 @@ def _cached_weight_files(cache: Path):
 
 def test_first_download_loads_the_served_weights(local_hub, hf_cache, sknet18_small):
     _serve(local_hub, sknet18_small)
-    model = _load().eval()
-    _assert_weights(model, sknet18_small)
+    model = load_small_sknet18().eval()
+    assert_served_weights(model, sknet18_small)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), _reference_logits(sknet18_small, x), rtol=0, atol=0)
@@ -79,9 +68,9 @@ def test_first_download_loads_the_served_weights(local_hub, hf_cache, sknet18_sm
 
 def test_cached_second_load_makes_no_second_get(local_hub, sknet18_small):
     _serve(local_hub, sknet18_small)
-    _load()
+    load_small_sknet18()
     local_hub.reset_counts()
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.count('GET') == 0
     assert local_hub.count('HEAD') <= 1
 
@@ -89,7 +78,7 @@ def test_cached_second_load_makes_no_second_get(local_hub, sknet18_small):
 def test_num_classes_and_in_chans_adaptation_still_runs(local_hub, sknet18_small):
     """timm's own adaptation applies to the verified file: conv1 summed over RGB for in_chans=1, head dropped."""
     _serve(local_hub, sknet18_small)
-    model = _load(num_classes=10, in_chans=1)
+    model = load_small_sknet18(num_classes=10, in_chans=1)
     served = sknet18_small.state_dict
     torch.testing.assert_close(model.conv1.weight, served['conv1.weight'].sum(dim=1, keepdim=True))
     assert model.fc.weight.shape == (10, served['fc.weight'].shape[1])
@@ -98,10 +87,10 @@ def test_num_classes_and_in_chans_adaptation_still_runs(local_hub, sknet18_small
 
 def test_offline_with_cache_loads_without_any_request(local_hub, monkeypatch, sknet18_small):
     _serve(local_hub, sknet18_small)
-    _load()
+    load_small_sknet18()
     local_hub.reset_counts()
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # set after huggingface_hub's import: honoured all the same
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.requests == []
 
 
@@ -110,7 +99,7 @@ def test_offline_without_cache_fails_fast_and_says_what_to_do(local_hub, monkeyp
     monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        _load()
+        load_small_sknet18()
     elapsed = time.perf_counter() - start
     assert elapsed < 5, elapsed
     msg = str(info.value)
@@ -122,7 +111,7 @@ def test_offline_without_cache_fails_fast_and_says_what_to_do(local_hub, monkeyp
 def test_unreachable_hub_without_cache_fails_fast(dead_endpoint):
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        _load()
+        load_small_sknet18()
     elapsed = time.perf_counter() - start
     assert elapsed < 5, elapsed  # huggingface_hub alone retries for about 23 s
     assert 'could not be reached' in str(info.value) and SKNET18_REPO in str(info.value)
@@ -130,26 +119,26 @@ def test_unreachable_hub_without_cache_fails_fast(dead_endpoint):
 
 def test_unreachable_hub_with_cache_loads_from_cache(local_hub, monkeypatch, sknet18_small):
     _serve(local_hub, sknet18_small)
-    _load()
+    load_small_sknet18()
     local_hub.stop()
     point_hub_client_at(monkeypatch, _closed_port_endpoint())
     start = time.perf_counter()
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     assert time.perf_counter() - start < 5
 
 
 def test_corrupted_cache_entry_is_detected_and_evicted(local_hub, hf_cache, sknet18_small):
     """A blob damaged on disk after a good download (same size) is caught by the next load, not loaded."""
     _serve(local_hub, sknet18_small)
-    _load()
+    load_small_sknet18()
     blob = next(hf_cache.rglob('blobs/*'))
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match='integrity check failed'):
-        _load()
+        load_small_sknet18()
     assert _cached_weight_files(hf_cache) == []
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
 
 
 def test_four_threads_one_download_identical_weights(local_hub, sknet18_small):
@@ -160,7 +149,7 @@ def test_four_threads_one_download_identical_weights(local_hub, sknet18_small):
     def work(i):
         try:
             barrier.wait()
-            models[i] = _load()
+            models[i] = load_small_sknet18()
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -172,7 +161,7 @@ def test_four_threads_one_download_identical_weights(local_hub, sknet18_small):
     assert not errors, errors
     assert local_hub.count('GET', 'model.safetensors') == 1
     for model in models:
-        _assert_weights(model, sknet18_small)
+        assert_served_weights(model, sknet18_small)
 
 
 @pytest.mark.parametrize('case, what', [
@@ -187,7 +176,7 @@ def test_not_found_errors_name_what_is_missing(case, what, local_hub, sknet18_sm
     hub_id = {'repo': 'me/missing', 'revision': SKNET18_REPO + '@no-such-branch', 'file': 'me/other'}[case]
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
-        _load(pretrained_cfg_overlay=dict(hf_hub_id=hub_id))
+        load_small_sknet18(pretrained_cfg_overlay=dict(hf_hub_id=hub_id))
     assert time.perf_counter() - start < 3
     assert what in str(info.value) and hub_id.split('@')[0] in str(info.value)
     # A pickle is never requested, even where the repo has one.
@@ -198,10 +187,10 @@ def test_pinned_revision_loads_that_commit(local_hub, sknet18_small):
     old = _serve(local_hub, sknet18_small)
     newer_sd = {k: v + 1 if v.is_floating_point() else v for k, v in sknet18_small.state_dict.items()}
     local_hub.add_commit(SKNET18_REPO, {'model.safetensors': safetensors_bytes(newer_sd)})  # main moves on
-    model = _load(pretrained_cfg_overlay=dict(hf_hub_id=f'{SKNET18_REPO}@{old}'))
-    _assert_weights(model, sknet18_small)
+    model = load_small_sknet18(pretrained_cfg_overlay=dict(hf_hub_id=f'{SKNET18_REPO}@{old}'))
+    assert_served_weights(model, sknet18_small)
     assert (f'/{SKNET18_REPO}/resolve/{old}/model.safetensors') in {p for _, p in local_hub.requests}
-    assert torch.equal(_load().conv1.weight, newer_sd['conv1.weight'])
+    assert torch.equal(load_small_sknet18().conv1.weight, newer_sd['conv1.weight'])
 
 
 def test_a_pin_loads_the_pinned_commit_and_accepts_only_its_sha256(local_hub, hf_cache, monkeypatch, sknet18_small):
@@ -211,15 +200,15 @@ def test_a_pin_loads_the_pinned_commit_and_accepts_only_its_sha256(local_hub, hf
     key = f'{SKNET18_REPO}/model.safetensors'
     digest = hashlib.sha256(sknet18_small.data).hexdigest()
     monkeypatch.setitem(PINS, key, Pin(digest, len(sknet18_small.data), old))
-    _assert_weights(_load(), sknet18_small)  # the pin holds although main moved
+    assert_served_weights(load_small_sknet18(), sknet18_small)  # the pin holds although main moved
     assert f'/{SKNET18_REPO}/resolve/{old}/model.safetensors' in {p for _, p in local_hub.requests}
     # Asking for another revision explicitly bypasses the pin (checked against the Hub's sha256 only).
-    newer = _load(pretrained_cfg_overlay=dict(hf_hub_id=f'{SKNET18_REPO}@main'))
+    newer = load_small_sknet18(pretrained_cfg_overlay=dict(hf_hub_id=f'{SKNET18_REPO}@main'))
     assert torch.equal(newer.conv1.weight, newer_sd['conv1.weight'])
 
     monkeypatch.setitem(PINS, key, Pin('0' * 64, len(sknet18_small.data), old))
     with pytest.raises(WeightsError, match='pinned in timm_sknet') as info:
-        _load()
+        load_small_sknet18()
     assert f'{SKNET18_REPO}@{old}' in str(info.value)
     # The file is what the Hub announced (not corrupt): it stays cached, no pointless re-download.
     assert any(digest in f for f in _cached_weight_files(hf_cache))
@@ -234,7 +223,7 @@ def test_without_symlinks_the_verified_file_is_copied_into_the_snapshot(local_hu
         raise OSError('symbolic links are not supported here')
 
     monkeypatch.setattr(os, 'symlink', no_symlinks)
-    _assert_weights(_load(), sknet18_small)
+    assert_served_weights(load_small_sknet18(), sknet18_small)
     pointer = next(hf_cache.rglob('snapshots/*/model.safetensors'))
     assert not pointer.is_symlink() and pointer.read_bytes() == sknet18_small.data
 
@@ -242,14 +231,14 @@ def test_without_symlinks_the_verified_file_is_copied_into_the_snapshot(local_hu
 def test_cache_dir_argument_is_honoured(local_hub, hf_cache, tmp_path, sknet18_small):
     _serve(local_hub, sknet18_small)
     other = tmp_path / 'elsewhere'
-    _assert_weights(_load(cache_dir=other), sknet18_small)
+    assert_served_weights(load_small_sknet18(cache_dir=other), sknet18_small)
     assert _cached_weight_files(other) and not _cached_weight_files(hf_cache)
 
 
 def test_user_checkpoint_loads_with_weights_only(tmp_path, sknet18_small):
     path = tmp_path / 'mine.pth'
     torch.save({'state_dict': sknet18_small.state_dict, 'epoch': 3}, path)
-    _assert_weights(_load(pretrained_cfg_overlay=dict(file=str(path))), sknet18_small)
+    assert_served_weights(load_small_sknet18(pretrained_cfg_overlay=dict(file=str(path))), sknet18_small)
 
 
 class _Payload:
@@ -270,13 +259,13 @@ def test_user_checkpoint_with_code_is_refused(tmp_path):
         pickle.dump(_Payload(), f, protocol=2)
     _Payload.ran = False
     with pytest.raises(RuntimeError, match='weights_only=True blocked'):
-        _load(pretrained_cfg_overlay=dict(file=str(path)))
+        load_small_sknet18(pretrained_cfg_overlay=dict(file=str(path)))
     assert not _Payload.ran
 
 
 def test_missing_user_file_says_so(tmp_path):
     with pytest.raises(WeightsError, match='does not exist'):
-        _load(pretrained_cfg_overlay=dict(file=str(tmp_path / 'nope.safetensors')))
+        load_small_sknet18(pretrained_cfg_overlay=dict(file=str(tmp_path / 'nope.safetensors')))
 
 
 def test_model_without_weights_lists_the_tags_that_exist():
