@@ -55,6 +55,7 @@ def _autocast(device: torch.device, precision: str):
 
 def _torch_runner(module: nn.Module, device: torch.device, precision: str, description: str) -> Runner:
     channels_last = device.type == 'cpu' or device.type == 'cuda'
+    description += ', bf16 autocast' if precision == 'bf16' else ''
 
     def run(x: torch.Tensor) -> Outputs:
         x = x.to(device)
@@ -80,18 +81,17 @@ def check_backend_precision(backend: str, precision: str) -> None:
                                  "convolutions); use backend='openvino' for bf16")
 
 
+def _folded(model: nn.Module, device: torch.device) -> nn.Module:
+    return fuse_model(model).eval().to(device=device, memory_format=torch.channels_last)
+
+
 def build_eager(model: nn.Module, precision: str, device: torch.device) -> Runner:
-    fused = fuse_model(model).eval().to(device=device, memory_format=torch.channels_last)
-    how = ', bf16 autocast' if precision == 'bf16' else ''
-    return _torch_runner(fused, device, precision, f'PyTorch eager, BatchNorm folded, channels_last{how}')
+    return _torch_runner(_folded(model, device), device, precision, 'PyTorch eager, BatchNorm folded, channels_last')
 
 
 def build_inductor(model: nn.Module, precision: str, device: torch.device) -> Runner:
-    fused = fuse_model(model).eval().to(device=device, memory_format=torch.channels_last)
-    compiled = torch.compile(fused, fullgraph=True, options={'freezing': True})
-    how = ', bf16 autocast' if precision == 'bf16' else ''
-    return _torch_runner(compiled, device, precision,
-                         f'torch.compile (inductor, freezing, fullgraph), BatchNorm folded{how}')
+    compiled = torch.compile(_folded(model, device), fullgraph=True, options={'freezing': True})
+    return _torch_runner(compiled, device, precision, 'torch.compile (inductor, freezing, fullgraph), BatchNorm folded')
 
 
 def _import(module: str, extra: str):

@@ -17,8 +17,7 @@ from torch import nn
 from ..file_io import atomic_folder
 from .backends import openvino_hint, openvino_model, openvino_runner
 from .export import resolve_input_size
-from .optimized_model import TOLERANCES, OptimizationError
-from .outputs import relative_error
+from .optimized_model import OptimizationError, OptimizedModel, verify
 
 __all__ = ['compile_config', 'export_openvino']
 
@@ -38,10 +37,10 @@ def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: s
     with atomic_folder(out_dir) as tmp:
         ov.save_model(ov_model, str(tmp / 'model.xml'), compress_to_fp16=False)
         runner = openvino_runner(ov.Core().read_model(str(tmp / 'model.xml')), precision, names == ['output'])
+        saved = OptimizedModel(runner, 'openvino', precision, size, 'the saved IR')
         x = torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            error = relative_error(runner.run(x), model(x))
-        if error > TOLERANCES[precision]:
-            raise OptimizationError(f'the saved OpenVINO model differs from the plain model by {error:.3g} '
-                                    f'(tolerance {TOLERANCES[precision]:g}); nothing was written to {out_dir}')
+        try:
+            verify(saved, model, x)  # the same check, tolerances and int8 top-1 agreement as optimize()
+        except OptimizationError as e:
+            raise OptimizationError(f'the saved OpenVINO model: {e} Nothing was written to {out_dir}.') from None
     return Path(out_dir)
