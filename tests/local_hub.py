@@ -27,13 +27,10 @@ Faults (``hub.fault = name``), each on the side where it happens on the real Hub
   ``'xet-token'`` (the Xet token route answers 500).
 - CDN: ``'reset'`` (TCP RST at the middle of the file, on every request, resumed ones too), ``'truncate'``
   (clean close at the middle, every time), ``'corrupt'`` (same size, one byte flipped), ``'expired'``
-  (every signed URL has expired: 403), ``'expire-on-resume'`` (a URL's first request is reset at the middle,
-  and the URL has expired when the client comes back to resume), ``'stall'`` (half the body, then nothing
-  until the fault is cleared or the hub stops; ``hub.stalled`` is set when the stall begins), ``'slow'`` (a slow,
-  flaky network: the body in 10 pieces ``hub.slow_gap_s`` apart; a request from byte 0 is reset after half of
-  them, a resumed one gets the rest), ``'drip'`` (every request, resumed ones too, gets a fifth of the file and
-  is reset: the file arrives only by resuming again and again), ``'ignore-range'`` (the first request is reset at
-  the middle; later ones ignore ``Range`` and answer 200 with the whole file, as some proxies do).
+  (every signed URL has expired: 403), ``'stall'`` (half the body, then nothing until the fault is cleared or the
+  hub stops; ``hub.stalled`` is set when the stall begins), ``'slow'`` (a slow network: the body in 10 pieces
+  ``hub.slow_gap_s`` apart), ``'ignore-range'`` (the first request is closed at the
+  middle; later ones ignore ``Range`` and answer 200 with the whole file, as some proxies do).
 
 Every request is recorded in ``hub.log`` (``Request(server, method, path, headers)``); ``hub.requests`` gives
 ``(method, path)`` pairs of both servers and ``hub.count(method, suffix, server=None)`` counts them.
@@ -53,7 +50,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 __all__ = ['CDN_FAULTS', 'FAULTS', 'HUB_FAULTS', 'LocalHub', 'Request', 'lfs_pointer']
 
 HUB_FAULTS = ('500', 'size', 'gated', 'private', 'xet-token')
-CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'expire-on-resume', 'stall', 'slow', 'drip', 'ignore-range')
+CDN_FAULTS = ('reset', 'truncate', 'corrupt', 'expired', 'stall', 'slow', 'ignore-range')
 FAULTS = HUB_FAULTS + CDN_FAULTS
 _LFS_SUFFIXES = ('.safetensors', '.bin', '.pth', '.pt', '.ckpt')
 _URL_LIFETIME_S = 3600  # the Hub signs CDN URLs for an hour (X-Amz-Expires=3600)
@@ -137,7 +134,6 @@ class LocalHub:
         self._fault: Optional[str] = None
         self._release = threading.Event()  # wakes stalled CDN responses
         self._secret = hashlib.sha256(str(time.time()).encode()).digest()
-        self._used_urls: Set[str] = set()
         self._issued = 0
         self._lock = threading.Lock()
         self._hub: Optional[_Server] = None
@@ -214,10 +210,7 @@ class LocalHub:
             return 'Query-string authentication requires the Signature and Expires parameters'
         if not hmac.compare_digest(signature, self._sign(path, f'Expires={expires}&Id={issued}')):
             return 'The request signature we calculated does not match the signature you provided'
-        with self._lock:
-            used = signature in self._used_urls
-            self._used_urls.add(signature)
-        if expires < time.time() or (used and self.fault == 'expire-on-resume'):
+        if expires < time.time():
             return 'Request has expired'
         return None
 
@@ -456,23 +449,15 @@ class _CdnHandler(_Handler):
 
     def write_body(self, data: bytes, start: int, fault: Optional[str]) -> None:
         half = len(data) // 2
-        if fault in ('reset', 'truncate', 'ignore-range') or (fault == 'expire-on-resume' and start == 0):
+        if fault in ('reset', 'truncate', 'ignore-range'):
             self.wfile.write(data[start:max(half, start)])
-            self.abort(rst=fault != 'truncate')
-        elif fault == 'drip':
-            end = min(start + -(-len(data) // 5), len(data))
-            self.wfile.write(data[start:end])
-            if end < len(data):
-                self.abort(rst=True)
+            self.abort(rst=fault == 'reset')
         elif fault == 'slow':
             step = -(-len(data) // 10)
-            end = half if start == 0 else len(data)
-            for offset in range(start, end, step):
-                self.wfile.write(data[offset:min(offset + step, end)])
+            for offset in range(start, len(data), step):
+                self.wfile.write(data[offset:min(offset + step, len(data))])
                 self.wfile.flush()
                 time.sleep(self.hub.slow_gap_s)
-            if start == 0:
-                self.abort(rst=True)
         elif fault == 'stall':
             self.wfile.write(data[start:max(half, start)])
             self.wfile.flush()

@@ -1,7 +1,8 @@
 """The weights path against the Hub's real protocol (tests/local_hub.py): the 302 to a CDN on another host, the
-X-Linked-* headers, signed URLs that expire, Xet announcements, 401 for gated and private repos, and faults on
-either side. Each fault gives one WeightsError naming model, repo, cause and remedy, leaves nothing in the cache
-that a later load would trust, and the next load after the fault clears succeeds with one download.
+X-Linked-* headers, signed URLs that expire, 401 for gated and private repos, and faults on either side, all driven
+by huggingface_hub's own client. Each fault gives one WeightsError naming model, repo, cause and remedy, leaves
+nothing in the cache that a later load would trust, and the next load after the fault clears succeeds with one
+download. (Xet transfers: tests/test_hub_xet.py.)
 """
 import hashlib
 import os
@@ -20,8 +21,6 @@ from local_hub import git_blob_sha1, lfs_pointer
 import timm
 
 from timm_sknet import WeightsError
-from timm_sknet.hub import configured_stall_timeout
-from timm_sknet.hub.download import DEFAULT_STALL_TIMEOUT_S, STALL_TIMEOUT_ENV
 
 LABEL = 'sknet18.ra_in1k'
 WEIGHTS = 'model.safetensors'
@@ -49,7 +48,7 @@ def test_weights_come_from_the_cdn_and_the_blob_is_named_by_x_linked_etag(local_
     assert pointer_etag != digest and len(pointer_etag) == 40  # the two headers really differ
 
     assert_served_weights(load_small_sknet18(), sknet18_small)
-    assert local_hub.count('HEAD', WEIGHTS, server='hub') == 1
+    assert local_hub.count('HEAD', WEIGHTS, server='hub') == 2  # ours without retries, then huggingface_hub's
     assert local_hub.count('GET', WEIGHTS, server='hub') == 0  # the Hub only redirects
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
     blobs = [f for f in _cache_files(hf_cache) if '/blobs/' in f]
@@ -65,20 +64,8 @@ def test_the_token_goes_to_the_hub_and_never_to_the_cdn(local_hub, monkeypatch, 
     assert_served_weights(load_small_sknet18(), sknet18_small)
     hub_auth = [r.headers.get('authorization') for r in local_hub.log if r.server == 'hub']
     cdn_headers = [r.headers for r in local_hub.log if r.server == 'cdn']
-    assert hub_auth == [f'Bearer {local_hub.token}']
+    assert hub_auth == [f'Bearer {local_hub.token}'] * 2
     assert cdn_headers and not any('authorization' in h for h in cdn_headers)
-
-
-def test_an_expired_url_is_renewed_and_the_download_resumes(local_hub, hf_cache, sknet18_small):
-    """The first GET breaks mid-body and the URL has expired when the client comes back: ask the Hub again."""
-    _serve(local_hub, sknet18_small)
-    local_hub.fault = 'expire-on-resume'
-    assert_served_weights(load_small_sknet18(), sknet18_small)
-    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
-    assert len(ranges) == 3 and ranges[0] is None  # first GET, then the refused resume, then the renewed one
-    assert ranges[1] == ranges[2] and int(ranges[1][len('bytes='):-1]) > 0
-    assert local_hub.count('HEAD', WEIGHTS, server='hub') == 2  # the second HEAD fetched a fresh URL
-    assert not [f for f in _cache_files(hf_cache) if f.endswith('.tmp')]
 
 
 def _git_hash_object(data: bytes) -> str:
@@ -124,7 +111,7 @@ FAULT_MESSAGES = {  # fault -> what the WeightsError must say, and the remedy it
     'reset': ('connection broke', 'Retry'),
     'truncate': ('connection broke', 'Retry'),
     'corrupt': ('integrity check failed: the sha256 of the downloaded file', 'Load again'),  # before caching
-    'expired': ('refused the download URL (HTTP 403: Request has expired)', 'clock'),
+    'expired': ('refused the download URL (HTTP 403)', 'clock'),
 }
 
 
@@ -143,7 +130,7 @@ def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fa
     for part in (LABEL, SKNET18_REPO, cause, remedy):
         assert part in str(err), str(err)
     assert '\n' not in str(err)
-    assert elapsed < 10, elapsed  # no minute of retries (about 1 s on an idle machine)
+    assert elapsed < 10, elapsed  # no minute of retries (truncate: huggingface_hub resumes 5 times, 1 s apart)
     assert _cache_files(hf_cache) == []  # no blob, no link, no partial file
 
     local_hub.fault = None
@@ -152,46 +139,35 @@ def test_fault_gives_one_weights_error_nothing_cached_then_next_load_succeeds(fa
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
 
 
-def test_a_stalled_cdn_fails_after_the_stall_timeout_and_leaves_nothing(local_hub, hf_cache, monkeypatch,
-                                                                        sknet18_small):
+def test_a_stalled_cdn_fails_in_proportion_to_the_read_timeout_and_leaves_nothing(local_hub, hf_cache, monkeypatch,
+                                                                                 sknet18_small):
+    """huggingface_hub's read timeout (HF_HUB_DOWNLOAD_TIMEOUT, 10 s by default) decides when a stall fails: six
+    silent reads and five 1 s pauses (measured with the default: about 65 s; documented in docs/weights.md)."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'stall'
-    monkeypatch.setenv(STALL_TIMEOUT_ENV, '1.5')
+    monkeypatch.setattr(hf_constants, 'HF_HUB_DOWNLOAD_TIMEOUT', 0.5)
     start = time.perf_counter()
     with pytest.raises(WeightsError) as info:
         load_small_sknet18()
     elapsed = time.perf_counter() - start
-    assert 1.5 <= elapsed < 4, elapsed  # one clock since the last byte, not 1.5 s per retry
+    assert 3 <= elapsed < 15, elapsed  # 6 x 0.5 s + 5 x 1 s: the default 10 s gives 65 s, under the 90 s promised
     msg = str(info.value)
-    for part in (LABEL, SKNET18_REPO, 'stalled', 'no data arrived for 1.5 s', f'{STALL_TIMEOUT_ENV}=<seconds>'):
+    for part in (LABEL, SKNET18_REPO, 'stalled', 'no data arrived for 0.5 s', 'HF_HUB_DOWNLOAD_TIMEOUT=<seconds>'):
         assert part in msg, msg
     assert _cache_files(hf_cache) == []
     local_hub.fault = None
     assert_served_weights(load_small_sknet18(), sknet18_small)
 
 
-def test_a_slow_transfer_that_keeps_delivering_outlives_the_stall_timeout(local_hub, monkeypatch, sknet18_small):
-    """The limit is on silence, not on the download: 10 pieces 0.3 s apart, broken once, under a 1 s limit."""
+def test_a_slow_transfer_that_keeps_delivering_outlives_the_read_timeout(local_hub, monkeypatch, sknet18_small):
+    """The limit is on silence, not on the download: 10 pieces 0.3 s apart under a 1 s read timeout."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'slow'
-    monkeypatch.setenv(STALL_TIMEOUT_ENV, '1')
+    monkeypatch.setattr(hf_constants, 'HF_HUB_DOWNLOAD_TIMEOUT', 1)
     start = time.perf_counter()
     assert_served_weights(load_small_sknet18(), sknet18_small)
     assert time.perf_counter() - start >= 2.5  # well past the limit, yet never 1 s without data
-    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
-    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith('bytes=')  # resumed, not restarted
-
-
-def test_a_connection_that_breaks_after_every_piece_is_resumed_to_the_end(local_hub, sknet18_small):
-    """Each request brings at most a fifth of the file, then the connection resets (an RST may drop some of what
-    was sent): many breaks, none without new data, so the download goes on to the end."""
-    _serve(local_hub, sknet18_small)
-    local_hub.fault = 'drip'
-    assert_served_weights(load_small_sknet18(), sknet18_small)
-    ranges = [r.headers.get('range') for r in local_hub.log if r.server == 'cdn']
-    offsets = [int(r[len('bytes='):-1]) for r in ranges[1:]]
-    assert len(ranges) >= 5 and ranges[0] is None
-    assert all(a < b for a, b in zip([0, *offsets], offsets)), ranges  # every resume starts further on
+    assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
 
 
 def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet18_small):
@@ -200,50 +176,6 @@ def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet1
     local_hub.fault = 'ignore-range'
     assert_served_weights(load_small_sknet18(), sknet18_small)
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
-
-
-def test_three_attempts_without_new_data_then_weights_error(local_hub, sknet18_small):
-    """The first request brings exactly half the file (a clean close); the two resumes bring nothing: the third
-    break in a row without new data ends the download."""
-    _serve(local_hub, sknet18_small)
-    local_hub.fault = 'truncate'
-    with pytest.raises(WeightsError, match='broke 3 times in a row with no new data'):
-        load_small_sknet18()
-    assert local_hub.count('GET', WEIGHTS, server='cdn') == 3
-
-
-def test_the_default_stall_timeout_is_20_s_and_the_environment_sets_it(monkeypatch):
-    monkeypatch.delenv(STALL_TIMEOUT_ENV, raising=False)
-    assert configured_stall_timeout() == DEFAULT_STALL_TIMEOUT_S == 20.0  # under the 30 s the package promises
-    monkeypatch.setenv(STALL_TIMEOUT_ENV, '2.5')
-    assert configured_stall_timeout() == 2.5
-    for bad in ('soon', '0', '-1', 'nan'):
-        monkeypatch.setenv(STALL_TIMEOUT_ENV, bad)
-        with pytest.raises(WeightsError, match=f'{STALL_TIMEOUT_ENV}=.* is not a positive number of seconds'):
-            configured_stall_timeout()
-
-
-# ---- Xet -----------------------------------------------------------------------------------------------------
-def test_a_hub_announcing_xet_is_downloaded_over_plain_http_and_verified(local_hub, hf_cache, sknet18_small):
-    """hf_xet is installed; the local CDN has no CAS protocol, so only the plain-HTTP path can load this."""
-    _serve(local_hub, sknet18_small)
-    local_hub.xet = True
-    local_hub.fault = 'xet-token'  # a failing token route costs huggingface_hub's Xet path 23 s of retries
-    start = time.perf_counter()
-    assert_served_weights(load_small_sknet18(), sknet18_small)
-    assert time.perf_counter() - start < 5
-    assert not [r for r in local_hub.log if 'xet-read-token' in r.path or r.path.startswith('/cas')]
-    digest = hashlib.sha256(sknet18_small.data).hexdigest()
-    assert [f for f in _cache_files(hf_cache) if '/blobs/' in f] == [f'models--timm--skresnet18.ra_in1k/blobs/{digest}']
-
-
-def test_a_xet_repo_with_a_corrupting_cdn_still_gives_weights_error(local_hub, hf_cache, sknet18_small):
-    _serve(local_hub, sknet18_small)
-    local_hub.xet = True
-    local_hub.fault = 'corrupt'
-    with pytest.raises(WeightsError, match='integrity check failed'):
-        load_small_sknet18()
-    assert _cache_files(hf_cache) == []
 
 
 # ---- hf-hub: names ------------------------------------------------------------------------------------------
@@ -289,7 +221,8 @@ def test_hf_hub_sknet_weights_are_asked_for_once(local_hub, hf_cache, sknet18_sm
     config = b'{"architecture": "sknet18", "pretrained_cfg": {}, "model_args": {"layers": [1, 1, 1, 1]}}'
     local_hub.add_commit('me/sknet18-mine', {'config.json': config, WEIGHTS: sknet18_small.data})
     assert_served_weights(timm.create_model('hf-hub:me/sknet18-mine', pretrained=True), sknet18_small)
-    assert local_hub.count('HEAD', WEIGHTS) == 1, local_hub.requests
+    assert local_hub.count('HEAD', WEIGHTS) == 2, local_hub.requests  # one fetch: our probe + huggingface_hub's
+    assert local_hub.count('GET', WEIGHTS) == 1, local_hub.requests
 
 
 # ---- the command line ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ['atomic_file', 'atomic_folder', 'atomic_symlink', 'git_blob_sha1', 'sha256_file', 'write_text_atomic']
+__all__ = ['atomic_file', 'atomic_folder', 'git_blob_sha1', 'sha256_file', 'write_text_atomic']
 
 PathLike = Union[str, os.PathLike]
 _CHUNK = 1 << 20
@@ -51,23 +51,6 @@ def write_text_atomic(dest: PathLike, text: str) -> Path:
     with atomic_file(dest) as tmp:
         tmp.write_text(text, encoding='utf-8')
     return Path(dest)
-
-
-def atomic_symlink(target: PathLike, dest: PathLike) -> Path:
-    """Make ``dest`` a symbolic link to ``target`` in one step: a link under a temporary name, renamed over it.
-
-    A reader sees the old entry or the new link, never no entry and never a link to nowhere in between.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f'.{dest.name}.{uuid.uuid4().hex[:8]}.tmp'
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return dest
 
 
 @contextmanager

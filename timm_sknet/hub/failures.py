@@ -1,9 +1,9 @@
 """One language for every Hub failure: :class:`~timm_sknet.errors.WeightsError` naming model, repo, cause, remedy.
 
 huggingface_hub raises its own exception types (``RepositoryNotFoundError``, ``GatedRepoError``, ...) for Hub
-answers, and the HTTP client's (``httpx2.ReadTimeout``, ``RemoteProtocolError``, ...) for transport failures,
-which are not even ``OSError``. :func:`describe` maps both onto the one message format of :class:`Failure`;
-:func:`hub_model_errors` applies it around code that timm runs before any of ours (``hf-hub:`` config.json).
+answers, the HTTP client's (``httpx2.ReadTimeout``, ``RemoteProtocolError``, ...) for transport failures, which
+are not even ``OSError``, and hf_xet's for Xet transfers. :func:`describe` maps them all onto the one message
+format of :class:`Failure`; :func:`hub_model_errors` applies it around code that timm runs before any of ours (``hf-hub:`` config.json).
 """
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -73,29 +73,55 @@ def _hub_answer(err: BaseException, fail: Failure) -> Optional[WeightsError]:
     return None
 
 
-def _transport(err: BaseException, fail: Failure) -> Optional[WeightsError]:
+def _transport(err: BaseException, fail: Failure, transfer: bool) -> Optional[WeightsError]:
     """WeightsError for a raw transport exception of the HTTP client (``None`` for others)."""
     if not is_transport_error(err):
         return None
     name = type(err).__name__
     if 'Connect' in name:
         return fail(f'the Hub could not be reached ({name}: {first_line(err)}) and the file is not cached')
+    if 'Timeout' in name and transfer:
+        from huggingface_hub import constants
+        return fail(
+            f'the transfer stalled: no data arrived for {constants.HF_HUB_DOWNLOAD_TIMEOUT:g} s, also after '
+            "huggingface_hub's retries; nothing was cached",
+            'Retry on a steadier connection, or allow longer silences with HF_HUB_DOWNLOAD_TIMEOUT=<seconds> '
+            "(huggingface_hub's read timeout).")
     if 'Timeout' in name:
         return fail(f'the Hub did not answer in time ({name}: {first_line(err)})')
     return fail(f'the connection broke ({name}: {first_line(err)}); nothing was cached')
 
 
-def known_hub_failure(err: BaseException, fail: Failure) -> Optional[WeightsError]:
-    """WeightsError for a Hub answer or a transport failure, ``None`` for anything else (a bug, a bad argument)."""
-    mapped = _hub_answer(err, fail) or _transport(err, fail)
-    if mapped is None and isinstance(err, OSError) and 'Consistency check failed' in str(err):
-        mapped = fail(f'the download had the wrong size ({first_line(err)}); the partial file was discarded')
-    return mapped
+def _transfer_failure(err: BaseException, fail: Failure, xet: bool) -> Optional[WeightsError]:
+    """WeightsError for what only goes wrong while the bytes move: a refused URL, a wrong size, a Xet failure."""
+    from huggingface_hub import errors as hf_errors
+
+    if xet:  # hf_xet's errors are bare RuntimeErrors; its token route's are huggingface_hub's
+        return fail(f'the Xet transfer failed ({type(err).__name__}: {first_line(err)}); nothing was cached',
+                    'Retry; if it keeps failing, download over plain HTTPS instead of Xet with HF_HUB_DISABLE_XET=1.')
+    status = getattr(getattr(err, 'response', None), 'status_code', None)
+    if isinstance(err, hf_errors.HfHubHTTPError) and status == 403:
+        return fail('the storage server refused the download URL (HTTP 403)',
+                    'Retry: every load asks the Hub for a fresh signed URL. If it keeps failing, check this '
+                    "machine's clock (signed URLs expire) and any proxy between you and the Hub.")
+    if isinstance(err, OSError) and 'Consistency check failed' in str(err):
+        return fail(f'the download had the wrong size ({first_line(err)}); nothing was cached')
+    return None
 
 
-def describe(err: BaseException, fail: Failure) -> WeightsError:
+def known_hub_failure(err: BaseException, fail: Failure, transfer: bool = False,
+                      xet: bool = False) -> Optional[WeightsError]:
+    """WeightsError for a Hub answer or a transport failure, ``None`` for anything else (a bug, a bad argument).
+
+    ``transfer``: raised while the file was downloaded (after the Hub was asked); ``xet``: by hf_xet's transfer.
+    """
+    return ((transfer and _transfer_failure(err, fail, xet)) or _hub_answer(err, fail)
+            or _transport(err, fail, transfer))
+
+
+def describe(err: BaseException, fail: Failure, transfer: bool = False, xet: bool = False) -> WeightsError:
     """Map any exception raised while downloading to WeightsError (unknown ones keep their type in the text)."""
-    return known_hub_failure(err, fail) or fail(f'{type(err).__name__}: {first_line(err)}')
+    return known_hub_failure(err, fail, transfer, xet) or fail(f'{type(err).__name__}: {first_line(err)}')
 
 
 def first_line(err: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Write a model (or a timm checkpoint) as a Hugging Face Hub folder that timm and transformers load back.
+"""Write a model as a Hugging Face Hub folder that timm and transformers load back.
 
 The folder holds what timm's ``hf-hub:`` and ``local-dir:`` loaders read (``config.json`` and
 ``model.safetensors``, written by :func:`timm.models.save_for_hf`) plus a ``README.md`` model card whose YAML
@@ -39,7 +39,6 @@ from torch import nn
 from timm.models import save_for_hf
 
 from ..file_io import atomic_folder, sha256_file, write_text_atomic
-from .checkpoint import model_from_checkpoint
 from .download import WEIGHTS_FILENAME
 
 __all__ = ['TrainingData', 'export_hub_folder', 'model_card', 'training_data', 'write_model_files']
@@ -217,11 +216,9 @@ def model_card(
 
 
 def export_hub_folder(
-        source: Union[nn.Module, str, Path],
+        model: nn.Module,
         out_dir: Union[str, Path],
         *,
-        model_name: Optional[str] = None,
-        model_kwargs: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
         license: Optional[str] = None,
         datasets: Optional[Sequence[str]] = None,
@@ -234,13 +231,9 @@ def export_hub_folder(
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` for the Hub / ``local-dir:`` into ``out_dir``.
 
     Args:
-        source: a timm model (made with ``timm.create_model``, so its config can be recorded), or the path of
-            a timm checkpoint (``.safetensors``, or ``.pth`` / ``.pth.tar`` / ``.bin`` read with
-            ``weights_only=True``; ``state_dict`` / ``state_dict_ema`` wrappers are unwrapped).
+        model: a timm model (made with ``timm.create_model``, so its config can be recorded); for a checkpoint
+            file, build it with :func:`timm_sknet.models.model_from_checkpoint` first.
         out_dir: the folder to create.
-        model_name: registered architecture of a checkpoint, e.g. ``'sknet50'`` (required for a checkpoint).
-        model_kwargs: extra ``create_model`` arguments a checkpoint needs (classes and input channels are
-            read from the checkpoint).
         repo_id: the Hub repo the folder is meant for; only used in the model card's usage example.
         license, datasets, tags, description: model card metadata; license and datasets default to what the
             model's pretrained tag says (see :func:`training_data`).
@@ -257,12 +250,6 @@ def export_hub_folder(
         raise FileExistsError(f'{out_dir} exists and is not a folder; choose another out_dir.')
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f'{out_dir} exists and is not empty; pass overwrite=True to replace it.')
-    if isinstance(source, nn.Module):
-        model = source
-    else:
-        if not model_name:
-            raise ValueError('Exporting a checkpoint needs model_name, e.g. model_name="sknet50".')
-        model = model_from_checkpoint(source, model_name, **(model_kwargs or {}))
     if not getattr(model, 'pretrained_cfg', None):
         raise ValueError('The model has no pretrained_cfg: create it with timm.create_model(...) to export it.')
     with atomic_folder(out_dir) as tmp:

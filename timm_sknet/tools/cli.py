@@ -14,8 +14,8 @@ from torch import nn
 import timm
 
 from ..errors import WeightsError
-from ..hub.checkpoint import CheckpointError, model_from_checkpoint
 from ..hub.failures import hub_model_errors
+from ..models.checkpoint import CheckpointError, model_from_checkpoint
 from ..models.complexity import PUBLISHED, measure
 from .images import ImageError
 
