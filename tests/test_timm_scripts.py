@@ -72,7 +72,7 @@ def test_the_calls_of_timms_scripts_work_in_a_process_that_never_imports_the_pac
     proc = run_python(wheel_site, code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
-    # --reparam folded the BatchNorms (a bare SKNet keeps only its stem's, see SKNet.fuse)
+    # --reparam folded the BatchNorms (a bare SKNet keeps only its stem's, see SKNet.reparameterize)
     assert report['batchnorms_after'] <= 1 < report['batchnorms_before']
     assert report['bench_input'] == [3, 64, 64] and report['train_loss_finite']
     assert report['infer_shape'] == [2, 1000]

@@ -4,8 +4,8 @@ Every builder returns a :class:`Runner`: a function from an input batch (torch t
 outputs (torch tensors), plus a one-line description of what it runs. The model handed in is the plain
 one; each backend prepares what suits it:
 
-* ``eager``: the model with every BatchNorm folded (``fuse_model``), channels_last, oneDNN's fused conv
-  kernels on CPU; bf16 through ``torch.autocast``.
+* ``eager``: the model with every BatchNorm folded (``fuse_model``), channels_last; bf16 through
+  ``torch.autocast``.
 * ``inductor``: ``torch.compile`` of the folded model with inductor's weight freezing; bf16 through
   autocast inside the compiled graph.
 * ``onnxruntime``: the folded model exported to ONNX (``export_onnx``, checked), run by onnxruntime.

@@ -2,8 +2,8 @@
 
 ``timm.utils.reparameterize_model`` calls ``fuse()`` / ``reparameterize()`` on the *children* of the module
 it is given, never on that module itself. Every part of an SKNet folds itself when reached; the stem
-belongs to the root model (``SKNet.fuse()``), so :func:`fuse_model` hands timm's walk a one-element holder
-whose child is the model. Nothing is special-cased: the same walk reaches an SKNet inside transformers'
+belongs to the root model (``SKNet.reparameterize()``), so :func:`fuse_model` hands timm's walk a one-element
+holder whose child is the model. Nothing is special-cased: the same walk reaches an SKNet inside transformers'
 ``TimmWrapper`` or a user's ``nn.Sequential``.
 """
 from torch import nn

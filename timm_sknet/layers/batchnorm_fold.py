@@ -1,15 +1,15 @@
-"""BatchNorm folding algebra: an inference-mode BatchNorm after a convolution is an affine map per output
-channel, so it can be merged into the convolution's weight and bias.
+"""BatchNorm folding: an inference-mode BatchNorm after a convolution is an affine map per output channel, so it
+can be merged into the convolution's weight and bias.
 
-``w' = w * g / sqrt(v + eps)`` and ``b' = (b - m) * g / sqrt(v + eps) + beta``, computed in float64 and
-rounded once to the convolution's dtype. Nothing here knows about SK units or blocks; the layers that own a
-conv-BN pair call :func:`fold_batchnorm` on their own parts.
+The algebra is torch's own (``torch.nn.utils.fusion.fuse_conv_bn_weights``), run in float64 and rounded once
+to the convolution's dtype. Nothing here knows about SK units or blocks; the layers that own a conv-BN pair fold
+their own parts.
 """
 import copy
 from typing import List
 
-import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ['bn_act_parts', 'fold_batchnorm', 'is_batchnorm', 'unfused_batchnorms']
 
@@ -27,14 +27,15 @@ def unfused_batchnorms(model: nn.Module) -> List[str]:
     return [name for name, m in model.named_modules() if is_batchnorm(m)]
 
 
-def bn_act_parts(bn: nn.Module) -> List[nn.Module]:
-    """The modules a (frozen) ``BatchNormAct2d`` applies after normalising: its drop, then its act."""
-    parts = (getattr(bn, 'drop', None), getattr(bn, 'act', None))
-    return [m for m in parts if m is not None and not isinstance(m, nn.Identity)]
+def bn_act_parts(bn: nn.Module) -> nn.Module:
+    """What a (frozen) ``BatchNormAct2d`` applies after normalising, its drop then its act, as one module."""
+    parts = [m for m in (getattr(bn, 'drop', None), getattr(bn, 'act', None))
+             if m is not None and not isinstance(m, nn.Identity)]
+    return nn.Sequential(*parts) if parts else nn.Identity()
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """A copy of ``conv`` (same class and settings) with ``bn``'s inference affine folded into it.
+    """A copy of ``conv`` (same class and settings, now with a bias) with ``bn``'s inference affine folded in.
 
     Works for ``nn.BatchNorm2d`` and subclasses (timm's ``BatchNormAct2d``: only the normalisation is
     folded, its drop/act are not) and for frozen BN (torchvision/timm ``FrozenBatchNorm2d``).
@@ -51,16 +52,13 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     if mean.numel() != conv.out_channels:
         raise ValueError(
             f'cannot fold {type(bn).__name__}({mean.numel()}) into a conv with {conv.out_channels} outputs')
-    dd = dict(device=conv.weight.device, dtype=torch.float64)
-    w = conv.weight.detach().to(**dd)
-    b = conv.bias.detach().to(**dd) if conv.bias is not None else torch.zeros(conv.out_channels, **dd)
-    gamma = bn.weight.detach().to(**dd) if getattr(bn, 'weight', None) is not None else torch.ones_like(b)
-    beta = bn.bias.detach().to(**dd) if getattr(bn, 'bias', None) is not None else torch.zeros_like(b)
-    scale = gamma / torch.sqrt(var.detach().to(**dd) + bn.eps)
+
+    def f64(t):
+        return None if t is None else t.detach().double()
+    weight, bias = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(mean), f64(var), bn.eps,
+                                        f64(getattr(bn, 'weight', None)), f64(getattr(bn, 'bias', None)))
     fused = copy.deepcopy(conv)
     trainable = conv.weight.requires_grad
-    folded_w = (w * scale.reshape(-1, *([1] * (w.ndim - 1)))).to(conv.weight.dtype).contiguous()
-    folded_b = ((b - mean.detach().to(**dd)) * scale + beta).to(conv.weight.dtype)
-    fused.weight = nn.Parameter(folded_w, requires_grad=trainable)
-    fused.bias = nn.Parameter(folded_b, requires_grad=trainable)
+    fused.weight = nn.Parameter(weight.to(conv.weight.dtype).contiguous(), requires_grad=trainable)
+    fused.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=trainable)
     return fused

@@ -11,22 +11,18 @@ Parameter names match timm's ``timm.layers.SelectiveKernel`` (``paths.{i}.conv``
 ``attn.fc_reduce``, ``attn.bn``, ``attn.fc_select``), so timm's SK checkpoints load without remapping.
 
 What differs from timm is the computation, which never stacks the paths into a (B, M, C, H, W) tensor:
-the pooled descriptor is the sum of per-path means, and the selection is one ``torch.lerp`` for M = 2
-(``w0 * x0 + (1 - w0) * x1``) or a running weighted sum for M > 2. Both are exact rewrites of the
-paper's equations; they save memory traffic and activation memory.
+the pooled descriptor is the sum of per-path means, and the selection a running weighted sum. Both are exact
+rewrites of the paper's equations; they save memory traffic and activation memory.
 """
 from typing import List, Optional, Sequence, Type, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .batchnorm_fold import fold_batchnorm
+from .batchnorm_fold import fold_batchnorm, is_batchnorm
 from .conv_norm_act import FusableConvNormAct
 
-__all__ = [
-    'FusedSelectiveKernelAttn', 'SelectiveKernel', 'SelectiveKernelAttn', 'attn_channels_for', 'select_paths',
-]
+__all__ = ['SelectiveKernel', 'SelectiveKernelAttn', 'attn_channels_for', 'select_paths']
 
 #: The paper's minimum width L of the fuse MLP.
 DEFAULT_MIN_ATTN_CHANNELS = 32
@@ -41,31 +37,18 @@ def attn_channels_for(out_channels: int, reduction: float, min_attn_channels: in
     return max(int(round(out_channels / reduction)), int(min_attn_channels))
 
 
-def select_paths(paths: List[torch.Tensor], weights: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Weighted sum of the paths: ``sum_m weights[:, m] * paths[m]``.
+def select_paths(paths: List[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of the paths, the paper's Eq. 6: ``V = sum_m weights[:, m] * paths[m]``.
 
-    ``weights`` has shape (B, M, C, 1, 1) and sums to 1 over M. With two paths this is a single
-    ``lerp`` (one read of each path, one write), the paper's "a + b = 1" form; otherwise a running sum.
-    Nothing of shape (B, M, C, H, W) is ever built. ``inplace=True`` writes the result into the path
-    tensors (no new allocation); only for inference, where nothing else holds them. Under autocast the
-    softmax weights are float32 while the paths are bfloat16 / float16: they are cast to the paths' dtype.
+    ``weights`` has shape (B, M, C, 1, 1) and sums to 1 over M. The sum runs path by path (one multiply, then
+    one ``addcmul`` per further path), so nothing of shape (B, M, C, H, W) is built, and every exporter and
+    compiler sees plain multiplies and adds. Under autocast the softmax weights are float32 while the paths are
+    bfloat16 / float16: they are cast to the paths' dtype.
     """
     weights = weights.to(paths[0].dtype)
-    if len(paths) == 2:
-        if torch.jit.is_tracing():
-            # traced graphs (ONNX export, OpenVINO): ONNX has no lerp, and torch's decomposition of it computes
-            # both branches of a precision-preserving where(); the weights are a softmax in [0, 1], where this
-            # form is as exact
-            return paths[1] + weights[:, 0] * (paths[0] - paths[1])
-        if inplace:
-            return paths[1].lerp_(paths[0], weights[:, 0])
-        return torch.lerp(paths[1], paths[0], weights[:, 0])
-    if inplace:
-        out = paths[0].mul_(weights[:, 0])
-    else:
-        out = paths[0] * weights[:, 0]
+    out = paths[0] * weights[:, 0]
     for i in range(1, len(paths)):
-        out = out.addcmul_(paths[i], weights[:, i]) if inplace else torch.addcmul(out, paths[i], weights[:, i])
+        out = torch.addcmul(out, paths[i], weights[:, i])
     return out
 
 
@@ -117,45 +100,21 @@ class SelectiveKernelAttn(nn.Module):
         s = paths[0].mean((2, 3), keepdim=True)
         for i in range(1, len(paths)):
             s = s + paths[i].mean((2, 3), keepdim=True)
-        if not torch.jit.is_scripting():  # a training BatchNorm cannot normalise a batch of 1: say so
-            bn = self.bn
-            s = _check_batch_statistics(s, isinstance(bn, nn.modules.batchnorm._BatchNorm) and (
-                bn.training or bn.running_mean is None))
+        if not torch.jit.is_scripting():  # a validation TorchScript cannot express (module type checks)
+            s = _check_batch_statistics(s, self._uses_batch_statistics())
         z = self.act(self.bn(self.fc_reduce(s)))
         logits = self.fc_select(z)
         return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
 
-    def fuse(self) -> 'FusedSelectiveKernelAttn':
-        """Inference form with ``bn`` folded into ``fc_reduce`` (``timm.utils.reparameterize_model`` swaps it in)."""
-        return FusedSelectiveKernelAttn(self)
+    def _uses_batch_statistics(self) -> bool:
+        bn = self.bn
+        return isinstance(bn, nn.modules.batchnorm._BatchNorm) and (bn.training or bn.running_mean is None)
 
-
-class FusedSelectiveKernelAttn(SelectiveKernelAttn):
-    """``SelectiveKernelAttn`` with its BN folded into ``fc_reduce``; output: the same softmax weights.
-
-    Still a ``SelectiveKernelAttn``, so forward hooks and attention recording see the same (B, M, C, 1, 1)
-    weights. The two 1x1 convolutions act on a 1x1 map, so they run as matrix products on (B, C) rows.
-    """
-
-    def __init__(self, attn: SelectiveKernelAttn):
-        nn.Module.__init__(self)
-        self.num_paths = attn.num_paths
-        self.fc_reduce = fold_batchnorm(attn.fc_reduce, attn.bn)
-        self.bn = nn.Identity()
-        self.act = attn.act
-        self.fc_select = attn.fc_select
-
-    def forward(self, paths: List[torch.Tensor]) -> torch.Tensor:
-        s = paths[0].mean((2, 3))
-        for i in range(1, len(paths)):
-            s = s + paths[i].mean((2, 3))
-        z = self.act(F.linear(s, self.fc_reduce.weight.flatten(1), self.fc_reduce.bias))
-        logits = F.linear(z, self.fc_select.weight.flatten(1), self.fc_select.bias)
-        return logits.reshape(logits.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
-
-    def fuse(self) -> 'FusedSelectiveKernelAttn':
-        """Already fused: a second ``reparameterize_model`` leaves it as it is."""
-        return self
+    def reparameterize(self) -> None:
+        """Fold ``bn`` into ``fc_reduce`` (``timm.utils.reparameterize_model`` calls this); the output is unchanged."""
+        if is_batchnorm(self.bn):
+            self.fc_reduce = fold_batchnorm(self.fc_reduce, self.bn)
+            self.bn = nn.Identity()
 
 
 def _as_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
@@ -248,8 +207,6 @@ class SelectiveKernel(nn.Module):
             attn_channels = attn_channels_for(out_channels, reduction, min_attn_channels)
         self.attn = SelectiveKernelAttn(
             out_channels, num_paths, attn_channels, act_layer=act_layer, norm_layer=norm_layer, **dd)
-        # set by reparameterize(): once fused, inference without autograd selects into the path outputs
-        self.inplace_select = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split_input:
@@ -257,17 +214,7 @@ class SelectiveKernel(nn.Module):
             paths = [path(inputs[i]) for i, path in enumerate(self.paths)]
         else:
             paths = [path(x) for path in self.paths]
-        weights = self.attn(paths)
-        return select_paths(paths, weights, inplace=self.inplace_select and not torch.is_grad_enabled())
-
-    def reparameterize(self) -> None:
-        """Switch the unit itself to its inference form: select in place into the path outputs.
-
-        ``timm.utils.reparameterize_model`` calls this, then walks on into the unit's parts, whose own
-        ``fuse()`` fold their BatchNorms (each path, and the attention). The path outputs are fresh tensors
-        that nothing else keeps, so overwriting them saves an allocation per unit.
-        """
-        self.inplace_select = True
+        return select_paths(paths, self.attn(paths))
 
 
 def _check_arguments(

@@ -11,6 +11,7 @@ skresnet18/34 and skresnext50_32x4d checkpoints load as they are.
 
 Inference fusion (``timm.utils.reparameterize_model``) reaches every part on its own: the convs and the SK
 unit fold themselves, and a block folds only its downsample shortcut, a plain ``nn.Sequential`` of timm's.
+``forward`` is plain tensor code; speed is left to compilers and runtimes (:mod:`timm_sknet.inference`).
 """
 import math
 from typing import Any, Dict, Optional, Type
@@ -26,7 +27,7 @@ __all__ = ['SKBasicBlock', 'SKBottleneck']
 
 
 class _SKResidual(nn.Module):
-    """Shared tail of both blocks: optional attention and drop path, shortcut, add, activation."""
+    """Shared tail of both blocks: optional attention and drop path, shortcut, add, activation (as timm's)."""
     expansion = 1
 
     def _init_tail(
@@ -42,8 +43,6 @@ class _SKResidual(nn.Module):
         self.act = act_layer(inplace=True)
         self.downsample = downsample
         self.drop_path = drop_path
-        # nothing between the last conv and the add: the last conv can run conv + add + ReLU itself
-        self.tail_in_last_conv = self.se is None and drop_path is None and type(self.act) is nn.ReLU
 
     def _finish(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.se is not None:
@@ -112,11 +111,7 @@ class SKBasicBlock(_SKResidual):
             nn.init.zeros_(self.conv2.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)
-        shortcut = self._shortcut(x)
-        if self.tail_in_last_conv:
-            return self.conv2.forward_add_relu(out, shortcut)
-        return self._finish(self.conv2(out), shortcut)
+        return self._finish(self.conv2(self.conv1(x)), self._shortcut(x))
 
 
 class SKBottleneck(_SKResidual):
@@ -164,8 +159,4 @@ class SKBottleneck(_SKResidual):
             nn.init.zeros_(self.conv3.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.conv1(x))
-        shortcut = self._shortcut(x)
-        if self.tail_in_last_conv:
-            return self.conv3.forward_add_relu(out, shortcut)
-        return self._finish(self.conv3(out), shortcut)
+        return self._finish(self.conv3(self.conv2(self.conv1(x))), self._shortcut(x))

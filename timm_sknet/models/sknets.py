@@ -32,8 +32,7 @@ from timm.models.resnet import ResNet
 from ..errors import WeightsError
 from ..hub.download import pretrained_kwargs
 from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
-from ..layers import FusedConvAct, SelectiveKernel, SelectiveKernelAttn, fold_batchnorm, fold_sequential, is_batchnorm
-from ..layers.batchnorm_fold import bn_act_parts
+from ..layers import SelectiveKernel, SelectiveKernelAttn, bn_act_parts, fold_batchnorm, fold_sequential, is_batchnorm
 from .blocks import SKBasicBlock, SKBottleneck
 from .feature_extractors import feature_kwargs
 
@@ -140,31 +139,27 @@ class SKNet(ResNet):
                     for conv in (unit.attn.fc_reduce, unit.attn.fc_select):
                         nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
 
-    def fuse(self) -> 'SKNet':
-        """Fold the stem's BatchNorm into the stem convolution, in place, and return the model.
+    def reparameterize(self) -> None:
+        """Fold the stem's BatchNorm into the stem convolution, in place, for inference.
 
-        The stem (``conv1``, ``bn1``, ``act1``) belongs to the model itself, so the model folds it; every
-        other part folds itself. ``timm.utils.reparameterize_model`` calls ``fuse()`` on the modules it
-        walks, which are the children of the module it is given: it reaches this method wherever an SKNet
-        is a child (``timm_sknet.inference.fuse_model``, transformers' ``TimmWrapper``, a user's
-        ``nn.Sequential``), then folds everything below. Called on a bare SKNet, timm's walk folds all but
-        the stem, whose BatchNorm stays an exact eval-mode affine; call ``fuse_model(model)`` to fold all.
+        The stem (``conv1``, ``bn1``, ``act1``) belongs to the model itself, so the model folds it; every other
+        part folds itself. ``timm.utils.reparameterize_model`` calls ``reparameterize()`` on the modules it
+        walks, which are the children of the module it is given: it reaches this method wherever an SKNet is a
+        child (``timm_sknet.inference.fuse_model``, transformers' ``TimmWrapper``, a user's ``nn.Sequential``),
+        then folds everything below. Called on a bare SKNet, timm's walk folds all but the stem, whose BatchNorm
+        stays an exact eval-mode affine; call ``fuse_model(model)`` to fold all.
         """
         if not is_batchnorm(self.bn1):
-            return self  # already folded
-        conv, bn = self.conv1, self.bn1
-        if isinstance(conv, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
-            conv = fold_sequential(conv)
-            conv[-1] = FusedConvAct(fold_batchnorm(conv[-1], bn))
-            self.conv1 = conv
-        elif isinstance(conv, nn.Conv2d):
-            self.conv1 = FusedConvAct(fold_batchnorm(conv, bn), act=self.act1)
-            self.act1 = nn.Identity()
+            return  # already folded
+        if isinstance(self.conv1, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
+            self.conv1 = fold_sequential(self.conv1)
+            self.conv1[-1] = fold_batchnorm(self.conv1[-1], self.bn1)
+        elif isinstance(self.conv1, nn.Conv2d):
+            self.conv1 = fold_batchnorm(self.conv1, self.bn1)
         else:
-            raise ValueError(f'cannot fold the stem: conv1 is a {type(conv).__name__}, not a Conv2d or Sequential')
-        tail = bn_act_parts(bn)
-        self.bn1 = nn.Sequential(*tail) if tail else nn.Identity()
-        return self
+            raise ValueError(f'cannot fold the stem: conv1 is a {type(self.conv1).__name__}, not a Conv2d or '
+                             'Sequential')
+        self.bn1 = bn_act_parts(self.bn1)
 
 
 def _check_caffe_args(
