@@ -13,9 +13,19 @@ It answers what huggingface_hub 2.x reads (``file_download.get_hf_file_metadata`
   The CDN serves the bytes (``Range: bytes=N-`` gives 206 + ``Content-Range``) and refuses an expired or
   forged signature with 403 and an S3-style XML body.
 - With ``hub.xet = True`` the HEAD also announces Xet storage: ``X-Xet-Hash`` and
-  ``Link: <{hub}/api/models/{repo}/xet-read-token/{commit}>; rel="xet-auth"``. The token route answers with
-  ``X-Xet-Cas-Url`` pointing at ``/cas`` on the CDN host, which implements no CAS protocol (404): a client
-  that took the Xet path could not get the bytes, so a test that loads proves the plain-HTTP path was used.
+  ``Link: <{hub}/api/models/{repo}/xet-read-token/{commit}>; rel="xet-auth"``. The token route answers with an
+  access token and ``X-Xet-Cas-Url: {cdn}/cas``, and the CDN host speaks the Xet download protocol as hf_xet
+  uses it: ``GET /cas/v1/reconstructions/<xet hash>`` (the token as ``Bearer``, else 401; ``Range`` = file bytes,
+  416 past the end) answers the terms (xorb, chunk range, unpacked length), how far into the first chunk the range
+  starts, and per xorb a signed URL ``/xorbs/default/<xorb hash>?X-Xet-Signed-Range=...`` with the byte range of
+  those chunks, which the request's ``Range`` must repeat (else 403). A file is cut into 64 KiB chunks (fixed, where
+  Xet's chunker cuts by content), stored uncompressed (an 8-byte chunk header, scheme 0) in xorbs of 128 chunks,
+  without the xorb footer (clients fetch chunk ranges only). ``/cas/v2/...`` answers 404: hf_xet falls back to v1.
+  The file and xorb hashes are stand-ins, not Xet's merkle hashes: hf_xet checks neither on download (only each
+  chunk header and the unpacked lengths), so altered chunk bytes reach the caller's sha256 check. Of the CDN
+  faults, ``'corrupt'`` flips the file's middle byte in its chunk (as over LFS) and ``'expired'`` expires the xorb
+  URLs too (hf_xet then asks for fresh ones for minutes: 218 s measured); the others act on the LFS route only.
+  hf_xet's ``POST /v1/telemetry`` (to the CAS host) is answered 200 and logged.
 - 404 with ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``; 401 with
   ``X-Error-Code: GatedRepo`` (gated) or ``RepoNotFound`` (private) without ``hub.token``;
   ``GET /api/models/{repo}/revision/{rev}`` and ``/tree/{rev}``.
@@ -35,8 +45,10 @@ Faults (``hub.fault = name``), each on the side where it happens on the real Hub
 Every request is recorded in ``hub.log`` (``Request(server, method, path, headers)``); ``hub.requests`` gives
 ``(method, path)`` pairs of both servers and ``hub.count(method, suffix, server=None)`` counts them.
 """
+import functools
 import hashlib
 import hmac
+import itertools
 import json
 import socket
 import struct
@@ -44,7 +56,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 __all__ = ['CDN_FAULTS', 'FAULTS', 'HUB_FAULTS', 'LocalHub', 'Request', 'lfs_pointer']
@@ -226,6 +238,49 @@ class LocalHub:
         self.stalled.set()
         self._release.wait(timeout)
 
+    # ---- Xet storage: the CAS and its xorbs, on the CDN host -----------------------------------------
+    @property
+    def xet_access_token(self) -> str:
+        """What the Xet token route hands out and the CAS asks for: this hub's own (a token of another is refused)."""
+        return 'xet_' + hmac.new(self._secret, b'xet-read', 'sha256').hexdigest()[:32]
+
+    def xet_files(self) -> Iterator['_XetFile']:
+        """Everything the CAS holds: every file of every commit, as Xet stores it (content-addressed, built once)."""
+        for repo in self.repos.values():
+            for files in repo.commits.values():
+                for data in files.values():
+                    yield _xet_layout(data)
+
+    def xet_file(self, file_hash: str) -> Optional['_XetFile']:
+        return next((f for f in self.xet_files() if f.hash == file_hash), None)
+
+    def xorb(self, xorb_hash: str) -> Optional[Tuple['_XetFile', '_Xorb']]:
+        return next(((f, x) for f in self.xet_files() for x in f.xorbs if x.hash == xorb_hash), None)
+
+    def signed_xorb_url(self, xorb_hash: str, first: int, last: int) -> str:
+        """A URL on the CDN for bytes ``first..last`` of a xorb; the range is signed too (Xet's API: a client must send
+        exactly the signed range as ``Range``). The parameter names are this hub's own."""
+        expires = int(time.time()) + (-60 if self.fault == 'expired' else _URL_LIFETIME_S)
+        path = f'/xorbs/default/{xorb_hash}'
+        query = f'X-Xet-Signed-Range=bytes%3D{first}-{last}&Expires={expires}'
+        return f'{self.cdn_url}{path}?{query}&Signature={self._sign(path, query)}'
+
+    def check_xorb_url(self, path: str, query: str, range_header: Optional[str]) -> Optional[str]:
+        """None if the xorb URL is valid now and ``Range`` is the range it was signed for, else why it is refused."""
+        unsigned, _, signature = query.rpartition('&Signature=')
+        params = parse_qs(unsigned)
+        try:
+            expires, signed_range = int(params['Expires'][0]), params['X-Xet-Signed-Range'][0]
+        except (KeyError, ValueError):
+            return 'Query-string authentication requires the Signature and Expires parameters'
+        if not hmac.compare_digest(signature, self._sign(path, unsigned)):
+            return 'The request signature we calculated does not match the signature you provided'
+        if expires < time.time():
+            return 'Request has expired'
+        if range_header != signed_range:
+            return f'Range {range_header!r} is not the signed range {signed_range!r}'
+        return None
+
     # ---- lifecycle -----------------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
@@ -369,7 +424,7 @@ class _HubHandler(_Handler):
         if self.hub.fault == 'xet-token':
             self.error(500, None, 'could not issue a Xet token')
             return
-        self.send(200, {'X-Xet-Cas-Url': f'{self.hub.cdn_url}/cas', 'X-Xet-Access-Token': 'xet-test-token',
+        self.send(200, {'X-Xet-Cas-Url': f'{self.hub.cdn_url}/cas', 'X-Xet-Access-Token': self.hub.xet_access_token,
                         'X-Xet-Token-Expiration': str(int(time.time()) + 600)})
 
     def send_json(self, obj) -> None:
@@ -414,7 +469,10 @@ class _CdnHandler(_Handler):
         path = unquote(parts.path)
         self.hub.record('cdn', self, path)
         segments = path.strip('/').split('/')
-        if segments[0] != 'lfs' or len(segments) != 3:  # includes /cas: no Xet protocol here
+        if segments[0] in ('cas', 'xorbs'):
+            self.xet(parts.path, segments, parts.query)
+            return
+        if segments[0] != 'lfs' or len(segments) != 3:
             self.send(404, {'Content-Type': 'application/xml'}, b'<Error><Code>NoSuchKey</Code></Error>')
             return
         refused = self.hub.check_signature(parts.path, parts.query)
@@ -466,6 +524,66 @@ class _CdnHandler(_Handler):
         else:
             self.wfile.write(data[start:])
 
+    # ---- Xet: the CAS API (/cas) and the xorb store (/xorbs) -----------------------------------------
+    def do_POST(self) -> None:
+        """hf_xet reports each transfer to ``POST /v1/telemetry`` on the CAS host: taken (and logged), not kept."""
+        path = unquote(urlsplit(self.path).path)
+        self.hub.record('cdn', self, path)
+        self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        if path == '/v1/telemetry':
+            self.send(200, {'Content-Type': 'application/json'}, b'{}')
+        else:
+            self.cas_error(404, f'no route for {path}')
+
+    def xet(self, raw_path: str, segments: List[str], query: str) -> None:
+        if segments[0] == 'xorbs':
+            self.serve_xorb(raw_path, segments[-1], query)
+        elif segments[1:3] == ['v1', 'reconstructions'] and len(segments) == 4:
+            self.reconstruction(segments[3])
+        else:  # v2 reconstructions (hf_xet then falls back to v1), uploads, dedup queries: not here
+            self.cas_error(404, f'no route for /{"/".join(segments)}')
+
+    def cas_error(self, status: int, message: str, headers: Optional[Dict[str, str]] = None) -> None:
+        body = json.dumps({'error': message}).encode()
+        self.send(status, {'Content-Type': 'application/json', **(headers or {})}, body)
+
+    def reconstruction(self, file_hash: str) -> None:
+        """``GET /cas/v1/reconstructions/<file hash>``: what to fetch for the file bytes asked in ``Range``."""
+        if self.headers.get('Authorization') != f'Bearer {self.hub.xet_access_token}':
+            self.cas_error(401, 'missing or invalid Xet access token')
+            return
+        file = self.hub.xet_file(file_hash)
+        if file is None:
+            self.cas_error(404, f'file {file_hash} not found')
+            return
+        asked = _byte_range(self.headers.get('Range'), file.size)
+        if asked is None:
+            self.cas_error(416, 'Range not satisfiable', {'Content-Range': f'bytes */{file.size}'})
+            return
+        body = json.dumps(_reconstruction(self.hub, file, *asked)).encode()
+        self.send(200, {'Content-Type': 'application/json'}, body)
+
+    def serve_xorb(self, raw_path: str, xorb_hash: str, query: str) -> None:
+        """``GET /xorbs/default/<hash>`` (signed): the chunk bytes of the signed range, the file's middle byte flipped
+        under the 'corrupt' fault (a payload byte: the chunk headers stay valid, so only a digest can tell)."""
+        range_header = self.headers.get('Range')
+        refused = self.hub.check_xorb_url(raw_path, query, range_header)
+        found = self.hub.xorb(xorb_hash)
+        if refused or found is None:
+            code = 'AccessDenied' if refused else 'NoSuchKey'
+            body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{refused}</Message>' \
+                   f'</Error>'.encode()
+            self.send(403 if refused else 404, {'Content-Type': 'application/xml'}, body)
+            return
+        file, xorb = found
+        first, last = _byte_range(range_header, len(xorb.body)) or (0, -1)
+        body = xorb.body[first:last + 1]
+        flip = xorb.position(file.size // 2)
+        if self.hub.fault == 'corrupt' and flip is not None and first <= flip <= last:
+            body = body[:flip - first] + bytes([body[flip - first] ^ 0xFF]) + body[flip - first + 1:]
+        self.send(206, {'Content-Type': 'application/octet-stream',
+                        'Content-Range': f'bytes {first}-{last}/{len(xorb.body)}'}, body)
+
 
 def _range_start(header: Optional[str]) -> int:
     if header and header.startswith('bytes='):
@@ -473,9 +591,94 @@ def _range_start(header: Optional[str]) -> int:
     return 0
 
 
+def _byte_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
+    """``Range: bytes=A-B`` as ``(A, B)``, B inclusive and clamped to the end (no header: all); None past the end."""
+    if not header:
+        return 0, size - 1
+    first, _, last = header[len('bytes='):].partition('-')
+    start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
+    return (start, end) if start <= end else None
+
+
+@functools.lru_cache(maxsize=16)
 def _xet_hash(data: bytes) -> str:
-    """Stands in for the Xet merkle hash (64 hex, but not the sha256: they differ on the Hub too)."""
+    """Stands in for the Xet file hash (64 hex, but not the sha256: they differ on the Hub too). hf_xet does not
+    recompute it from the bytes, so a stand-in serves; the real one is a merkle hash of blake3 chunk hashes."""
     return hashlib.sha256(b'xet-merkle:' + data).hexdigest()
+
+
+_XET_CHUNK = 64 * 1024  # Xet's target chunk size; its chunker cuts by content, 8 to 128 KiB
+_XORB_CHUNKS = 128  # a real xorb holds up to 64 MiB; fewer here, so that a weights file spans several
+_CHUNK_HEADER = 8  # version, compressed length (3 bytes LE), compression scheme, uncompressed length (3 bytes LE)
+
+
+class _Xorb(NamedTuple):
+    """A xorb as stored: its chunks back to back, each an 8-byte header and the bytes uncompressed."""
+    hash: str
+    body: bytes
+    starts: Tuple[int, ...]  # where chunk i begins in body; the last entry is len(body)
+    sizes: Tuple[int, ...]  # chunk i's bytes (uncompressed)
+    offset: int  # where chunk 0 is in the file
+
+    def chunks(self, first: int, last: int) -> Optional[Tuple[int, int]]:
+        """Indices ``[i, j)`` of the chunks that hold any of the file's bytes ``first..last``; None if none do."""
+        ends = list(itertools.accumulate(self.sizes, initial=self.offset))
+        hit = [k for k in range(len(self.sizes)) if ends[k] <= last and ends[k + 1] > first]
+        return (hit[0], hit[-1] + 1) if hit else None
+
+    def file_offset(self, chunk: int) -> int:
+        return self.offset + sum(self.sizes[:chunk])
+
+    def position(self, file_offset: int) -> Optional[int]:
+        """Where the file's byte ``file_offset`` lies in body (past its chunk's header); None if not in this xorb."""
+        found = self.chunks(file_offset, file_offset)
+        if found is None:
+            return None
+        chunk = found[0]
+        return self.starts[chunk] + _CHUNK_HEADER + file_offset - self.file_offset(chunk)
+
+
+class _XetFile(NamedTuple):
+    hash: str
+    size: int
+    xorbs: Tuple[_Xorb, ...]  # in file order
+
+
+def _chunk_header(size: int) -> bytes:
+    length = size.to_bytes(3, 'little')
+    return b'\0' + length + b'\0' + length  # version 0; scheme 0 = stored uncompressed, so both lengths agree
+
+
+def _pack_xorb(chunks: List[bytes], offset: int) -> _Xorb:
+    body = b''.join(_chunk_header(len(c)) + c for c in chunks)
+    starts = tuple(itertools.accumulate((_CHUNK_HEADER + len(c) for c in chunks), initial=0))
+    return _Xorb(hashlib.sha256(b'xet-xorb:' + body).hexdigest(), body, starts, tuple(map(len, chunks)), offset)
+
+
+@functools.lru_cache(maxsize=4)
+def _xet_layout(data: bytes) -> _XetFile:
+    """How the CAS stores ``data``: fixed-size chunks packed in file order into xorbs of ``_XORB_CHUNKS`` chunks."""
+    chunks = [data[i:i + _XET_CHUNK] for i in range(0, len(data), _XET_CHUNK)]
+    xorbs = tuple(_pack_xorb(chunks[i:i + _XORB_CHUNKS], i * _XET_CHUNK) for i in range(0, len(chunks), _XORB_CHUNKS))
+    return _XetFile(_xet_hash(data), len(data), xorbs)
+
+
+def _reconstruction(hub: LocalHub, file: _XetFile, first: int, last: int) -> dict:
+    """The v1 reconstruction of file bytes ``first..last``: a term per xorb holding any of them (whole chunks), how far
+    into the first term the range starts, and per xorb where to fetch the term's chunks (signed URL, byte range)."""
+    terms, fetch_info, skip = [], {}, None
+    for xorb in file.xorbs:
+        found = xorb.chunks(first, last)
+        if found is None:
+            continue
+        i, j = found
+        skip = first - xorb.file_offset(i) if skip is None else skip
+        chunk_range = {'start': i, 'end': j}
+        terms.append({'hash': xorb.hash, 'unpacked_length': sum(xorb.sizes[i:j]), 'range': chunk_range})
+        first_byte, last_byte = xorb.starts[i], xorb.starts[j] - 1
+        fetch_info[xorb.hash] = [{'range': chunk_range, 'url': hub.signed_xorb_url(xorb.hash, first_byte, last_byte),
+                                  'url_range': {'start': first_byte, 'end': last_byte}}]
+    return {'offset_into_first_range': skip or 0, 'terms': terms, 'fetch_info': fetch_info}
 
 
 def _tree_entry(path: str, data: bytes) -> dict:

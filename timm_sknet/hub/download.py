@@ -64,16 +64,20 @@ def _digest_kind(etag: Optional[str]) -> Optional[Tuple[str, str]]:
 def _announced_digest(pointer: Path) -> Optional[Tuple[str, str]]:
     """The digest the Hub announced for a cached file: the name of the blob its snapshot entry links to.
 
-    huggingface_hub stores a download as ``blobs/<etag>`` and links ``snapshots/<commit>/<file>`` to it; where
-    symlinks are not supported the snapshot entry is a copy, and the name is lost.
+    huggingface_hub stores a download as ``blobs/<etag>`` and links ``snapshots/<commit>/<file>`` to it (one
+    link: a Xet download's blob may itself link on into a shared store named by the Xet hash); where symlinks
+    are not supported the snapshot entry is a copy, and the name is lost.
     """
-    return _digest_kind(Path(os.path.realpath(pointer)).name) if pointer.is_symlink() else None
+    return _digest_kind(Path(os.readlink(pointer)).name) if pointer.is_symlink() else None
 
 
 def _evict(pointer: Path) -> None:
-    """Remove a cached file: the blob and the snapshot entry that points to it."""
-    blob = Path(os.path.realpath(pointer))
-    for path in (pointer, blob):
+    """Remove a cached file: the snapshot entry, the blob it links to, and what that blob links to (a shared Xet
+    store, which huggingface_hub would otherwise link again on the next load)."""
+    paths = [pointer]
+    if pointer.is_symlink():
+        paths += [pointer.parent / os.readlink(pointer), Path(os.path.realpath(pointer))]
+    for path in paths:
         path.unlink(missing_ok=True)
 
 
