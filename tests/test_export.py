@@ -9,7 +9,7 @@ from small_models import make, rel_err
 from torch import nn
 
 from timm_sknet.inference import fuse_model
-from timm_sknet.inference.export import compile_for_inference, export_onnx, export_torchscript
+from timm_sknet.inference.export import export_onnx, export_torchscript
 
 EXPORT_CONFIGS = ['sknet18', 'sknet50-M3-os16']
 
@@ -47,8 +47,8 @@ def test_torchscript_matches_eager(models, kind, tmp_path):
 @pytest.mark.parametrize('kind', ['plain', 'fused'])
 def test_torch_compile_fullgraph(models, kind):
     # backend='eager' proves one graph with no breaks (fullgraph raises otherwise) and stays fast in CI;
-    # the benchmark exercises inductor
-    compiled = compile_for_inference(models[kind], backend='eager')
+    # test_optimize exercises inductor
+    compiled = torch.compile(models[kind], backend='eager', fullgraph=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert rel_err(compiled(x), models['plain'](x)) <= 1e-4
@@ -87,31 +87,9 @@ class _ScriptedDiffers(nn.Module):
         return y
 
 
-class _GraphBreak(nn.Module):
-    """A model that torch.compile can only run in two graphs."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        torch._dynamo.graph_break()
-        return y * 2
-
-
 def test_torchscript_verification_refuses_a_file_that_differs_from_eager(tmp_path):
     with pytest.raises(RuntimeError, match='TorchScript differs from eager'):
         export_torchscript(_ScriptedDiffers(), tmp_path / 'm.pt', input_size=(3, 8, 8))
     assert os.listdir(tmp_path) == []  # nothing half-checked left at the destination
     export_torchscript(_ScriptedDiffers(), tmp_path / 'm.pt', input_size=(3, 8, 8), verify=False)
     assert os.listdir(tmp_path) == ['m.pt']  # the same model exports when the check is turned off
-
-
-def test_compile_for_inference_refuses_graph_breaks():
-    """fullgraph=True is the point: a model that needs a Python fallback must fail, not run slowly."""
-    compiled = compile_for_inference(_GraphBreak(), backend='eager')
-    with pytest.raises(torch._dynamo.exc.Unsupported, match='graph_break'):
-        compiled(torch.randn(1, 3, 8, 8))
-    relaxed = compile_for_inference(_GraphBreak(), backend='eager', fullgraph=False)  # the caller may opt out
-    assert relaxed(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)

@@ -5,6 +5,9 @@ only when its runtime is not installed (the test extra installs them all); bf16 
 native bf16, where optimize must refuse it instead (tested with the CPU's flags hidden).
 """
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,12 +84,43 @@ def test_backend_matches_the_plain_model(classifier, features, backend, precisio
                 assert relative_error(out, ref) <= 1e-4
 
 
-@pytest.mark.parametrize('backend, precision', [_backend_param('inductor', 'fp32'), _backend_param('inductor', 'bf16')])
-def test_inductor_matches_the_plain_model(backend, precision):
-    torch.manual_seed(2)
-    model = randomize_batchnorm(timm.create_model('sknet_tiny', layers=(1, 1, 1, 1), num_classes=4)).eval()
-    optimized = optimize(model, backend, precision, input_size=SIZE)
-    _check(optimized, model, precision)
+# Optimizes several models one after another in one process, as an evaluation of checkpoints does, under dynamo's
+# recompile limit lowered to 3 (the default is 8): three models at two batch sizes each (a static and a dynamic
+# specialisation), and bf16 where asked and native, are more specialisations than that. Every output is checked against its own model, so a compiled graph that kept
+# another model's frozen weights would fail too.
+LONG_PROCESS = """
+import copy, sys, torch, timm, timm_sknet
+from timm_sknet.inference import TOLERANCES, native_bf16, optimize
+from timm_sknet.inference.outputs import relative_error
+torch._dynamo.config.recompile_limit = 3
+for seed in range(3):
+    torch.manual_seed(seed)
+    model = timm.create_model('sknet18', layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), num_classes=5).eval()
+    for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:  # folding must matter
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5), torch.nn.init.normal_(bn.bias, std=0.1)
+        torch.nn.init.normal_(bn.running_mean, std=0.1), torch.nn.init.uniform_(bn.running_var, 0.5, 1.5)
+    for precision in ['fp32'] + (['bf16'] if seed == 0 and sys.argv[1] == 'bf16' and native_bf16() else []):
+        optimized = optimize(copy.deepcopy(model), backend='inductor', precision=precision, input_size=(3, 32, 32))
+        for batch in (2, 3):
+            x = torch.randn(batch, 3, 32, 32)
+            with torch.inference_mode():
+                error = relative_error(optimized(x), model(x))
+            assert error <= TOLERANCES[precision], (seed, precision, batch, error)
+print('ok')
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('freezing_env, precisions', [('1', 'fp32'), (None, 'bf16')], ids=['FREEZING=1', 'default'])
+def test_optimize_holds_in_a_long_process_past_dynamos_recompile_limit(freezing_env, precisions):
+    """The inductor backend against the plain model, many times in one process. With TORCHINDUCTOR_FREEZING=1 dynamo guards frozen weights by identity: compiling the models' shared
+    ``ResNet.forward`` crashed (FailOnRecompileLimitHit) once the entries of several models passed the limit."""
+    env = {k: v for k, v in os.environ.items() if k != 'TORCHINDUCTOR_FREEZING'}
+    if freezing_env:
+        env['TORCHINDUCTOR_FREEZING'] = freezing_env
+    proc = subprocess.run([sys.executable, '-c', LONG_PROCESS, precisions], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
 
 
 @pytest.mark.skipif(not (_installed('openvino') and _installed('nncf')), reason='openvino / nncf not installed')

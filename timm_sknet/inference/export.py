@@ -1,4 +1,4 @@
-"""Export an SKNet (plain or fused) to ONNX or TorchScript, and compile it with ``torch.compile``.
+"""Export an SKNet (plain or fused) to ONNX or TorchScript, checked against the model.
 
 Every writer exports to a temporary file next to the destination, checks it, and renames it into place,
 so a file at ``path`` is always complete. Exports run on an eval-mode copy of the model: the caller's
@@ -12,7 +12,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from ..file_io import atomic_file
 from .outputs import output_names, relative_error, restore
 
 __all__ = [
-    'MIN_ONNX_OPSET', 'compile_for_inference', 'export_onnx', 'export_torchscript', 'onnx_relative_error',
+    'MIN_ONNX_OPSET', 'export_onnx', 'export_torchscript', 'onnx_relative_error',
     'resolve_input_size',
 ]
 
@@ -172,12 +172,3 @@ def export_torchscript(
                     raise RuntimeError(f'TorchScript differs from eager by {error:.3g} of the largest output '
                                        f'(> rtol {rtol:g}); nothing was written to {path}')
     return Path(path)
-
-
-def compile_for_inference(model: nn.Module, **compile_kwargs) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile(model, fullgraph=True)`` on an eval-mode copy: one graph, no Python fallbacks.
-
-    Extra keyword arguments go to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...).
-    """
-    compile_kwargs.setdefault('fullgraph', True)
-    return torch.compile(_eval_copy(model), **compile_kwargs)
