@@ -23,7 +23,7 @@ from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import timm_sknet  # noqa: F401  (registers the sknet models in timm)
-from timm_sknet.models.detection import sknet_fpn_backbone
+from timm_sknet.detection import sknet_fpn_backbone
 
 CLASSES = ('background', 'rectangle', 'ellipse')
 Target = Dict[str, torch.Tensor]

@@ -106,7 +106,8 @@ def test_export_onnx_and_torchscript_fused(capsys, tmp_path, trained, checkpoint
     with torch.no_grad():
         assert rel_max_diff(scripted(x), ref) < 1e-4
     # the fused TorchScript is the fused graph, not the plain one
-    assert not any('bn' in n for n, _ in scripted.named_modules() if n.startswith('layer1.0.conv1.paths'))
+    paths = [m.original_name for n, m in scripted.named_modules() if n.startswith('layer1.0.conv1.paths.')]
+    assert 'Conv2d' in paths and not any('BatchNorm' in name for name in paths), paths
 
 
 def test_convert_writes_a_folder_timm_loads(capsys, tmp_path, trained, checkpoint):
@@ -146,27 +147,29 @@ def test_attention_synthetic_writes_csv_and_png(capsys, tmp_path, trained, check
 
 
 def test_bench_quick_writes_json_and_markdown(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, 'bench', '--quick', '--runs', 1, '--batch-sizes', 1, '--out', tmp_path / 'bench')
+    rc, out, err = run_cli(capsys, 'bench', '--quick', '--batch-sizes', 1, '--out', tmp_path / 'bench')
     assert rc == 0, err
     result = json.loads((tmp_path / 'bench.json').read_text())
-    assert result['our_model'] == 'sknet18' and result['timm_model'] == 'skresnet18' and result['image_size'] == 64
-    paths = {(r['owner'], r['backend'], r['precision']) for r in result['results']}
-    assert paths == {(o, b, 'fp32') for o in ('sknet', 'timm') for b in ('eager', 'onnxruntime')}
-    assert all(r['images_per_s'] > 0 and r['error'] <= 1e-4 for r in result['results'])
-    best = {s['precision']: s for s in result['summary']}['fp32']
-    assert best['ours_images_per_s'] == max(r['images_per_s'] for r in result['results'] if r['owner'] == 'sknet')
-    assert best['peer_images_per_s'] == max(r['images_per_s'] for r in result['results'] if r['owner'] == 'timm')
+    assert result['title'].startswith('Inference: sknet18 vs timm skresnet18') and '64 px' in result['title']
+    rows = result['tables']['paths']
+    assert {r['path'] for r in rows} == {f'{o} {b} fp32' for o in ('sknet', 'timm') for b in ('eager', 'onnxruntime')}
+    assert all(r['images_per_s'] > 0 and r['error'] <= 1e-4 and r['batch'] == 1 for r in rows)
+    best = {s['precision']: s for s in result['tables']['summary']}['fp32']
+    assert best['ours_images_per_s'] == max(r['images_per_s'] for r in rows if r['path'].startswith('sknet'))
+    assert best['peer_images_per_s'] == max(r['images_per_s'] for r in rows if r['path'].startswith('timm'))
     assert (tmp_path / 'bench.md').read_text().strip() in out
-    assert result['gemm']['peak_gflops']['fp32'] > 0
+    assert result['machine']['peak_gflops']['fp32'] > 0 and result['machine']['cpu_flags'] is not None
 
 
-def test_bench_training_keeps_the_eager_train_and_memory_comparison(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, 'bench', '--training', '--quick', '--image-size', 32, '--runs', 1, '--no-memory',
+@pytest.mark.parametrize('what, table, column', [('eager', 'cases', 'ratio'), ('backbone', 'inference', 'folded_x')])
+def test_bench_eager_and_backbone_runners_compare_with_timm(capsys, tmp_path, what, table, column):
+    rc, out, err = run_cli(capsys, 'bench', what, '--quick', '--image-size', 32, '--no-memory',
                            '--out', tmp_path / 'bench')
     assert rc == 0, err
     result = json.loads((tmp_path / 'bench.json').read_text())
-    assert result['quick'] and result['our_model'] == 'sknet18' and result['image_size'] == 32
-    assert all(r['images_per_s']['sknet'] > 0 for r in result['results'])
+    assert 'sknet18 vs timm skresnet18' in result['title'] and '32 px' in result['title']
+    rows = result['tables'][table]
+    assert rows and all(r[column] > 0 for r in rows)
     assert (tmp_path / 'bench.md').read_text().strip() in out
 
 

@@ -10,7 +10,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 import timm
 
 from timm_sknet import SelectiveKernelAttn
-from timm_sknet.models.detection import FeaturePyramidBackbone, sknet_fpn_backbone
+from timm_sknet.detection import FeaturePyramidBackbone, sknet_fpn_backbone
 
 SIZE = 128
 SMALL = dict(min_size=SIZE, max_size=SIZE)  # the transform would otherwise resize to 800 px

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers import unfused_batchnorms
 from .export import export_onnx
 from .fuse import fuse_model
 from .outputs import Outputs, as_list, output_names, restore
@@ -74,14 +75,16 @@ def check_backend_precision(backend: str, precision: str) -> None:
                                  "convolutions); use backend='openvino' for bf16")
 
 
-def _prepared(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
-    """The folded model on ``device``, channels_last, its weights in the precision's dtype."""
-    return fuse_model(model).eval().to(device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
+def _prepared(model: nn.Module, device: torch.device, precision: str) -> Tuple[nn.Module, str]:
+    """The folded model on ``device``, channels_last, its weights in the precision's dtype; and that in words."""
+    prepared = fuse_model(model).eval().to(device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    left = len(unfused_batchnorms(prepared))
+    return prepared, f'BatchNorm {"folded" if not left else f"not folded ({left} left)"}, channels_last'
 
 
 def build_eager(model: nn.Module, precision: str, device: torch.device) -> Runner:
-    return _torch_runner(_prepared(model, device, precision), device, _DTYPES[precision],
-                         'PyTorch eager, BatchNorm folded, channels_last')
+    prepared, how = _prepared(model, device, precision)
+    return _torch_runner(prepared, device, _DTYPES[precision], f'PyTorch eager, {how}')
 
 
 def build_inductor(model: nn.Module, precision: str, device: torch.device, input_size: Sequence[int]) -> Runner:
@@ -96,13 +99,13 @@ def build_inductor(model: nn.Module, precision: str, device: torch.device, input
     """
     from torch._inductor import config as inductor_config
 
-    prepared = _prepared(model, device, precision)
+    prepared, how = _prepared(model, device, precision)
     example = torch.randn(2, *input_size, device=device, dtype=_DTYPES[precision])
     with torch.no_grad():
         program = torch.export.export(prepared, (example.contiguous(memory_format=torch.channels_last),),
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
     compiled = torch.compile(program.module(), fullgraph=True)
-    return _torch_runner(compiled, device, _DTYPES[precision], 'torch.export + inductor (freezing), BatchNorm folded',
+    return _torch_runner(compiled, device, _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
                          context=lambda: inductor_config.patch(freezing=True))
 
 

@@ -1,61 +1,89 @@
-"""Benchmark SKNet against timm's own SK implementation, with the same weights, in one process.
+"""Benchmarks of the sknets against timm's own SK implementation with the same weights, on this machine.
 
-timm's ``skresnext50_32x4d`` and our ``sknet50`` are the same network (the weights load unchanged), so
-the comparison is of implementations only. Runs alternate between the models (A B A B ...) so that
-machine noise hits both alike; the figure reported is the median over runs. Our eval model is the
-fused one (``timm.utils.reparameterize_model``), timm's is timm's as it is.
+One module and one runner family, as timm's ``benchmark.py``: a :class:`BenchmarkRunner` holds the pair (timm's
+model and ours with identical weights, so only the implementation differs), the machine's description and peak,
+and the timing loop; each subclass measures one thing and returns a :class:`Report`, which :func:`write_report`
+writes as JSON and markdown.
 
-Also reported:
+* :class:`InferenceRunner` (``inference``): every backend and precision of ``optimize`` for both models (timm's
+  model run as its users can run it: it has no BatchNorm fold of its own), the peer comparison;
+* :class:`EagerRunner` (``eager``): eager inference (folded) and training steps with their peak memory;
+* :class:`BackboneRunner` (``backbone``): ``features_only`` at 640 px as detectors run it: eager, plain and folded,
+  fp32 and under bf16 autocast, in both memory layouts;
+* :func:`int8_accuracy` (``int8-accuracy``): what int8 costs in accuracy, where that can be measured offline.
 
-* **roofline share**: images/s divided by what the machine's matrix rate allows, measured in the same run
-  as the median rate of a 2048^3 fp32 matmul (``sgemm``) over the model's FLOPs per image
-  (2 x MACs counted by ``torch.utils.flop_counter``; 8.93 GFLOP for SKNet-50 at 224);
-* **peak memory**: the peak of live tensor bytes (parameters, buffers, gradients, activations,
-  temporaries) during one run, tracked per tensor by ``torch.distributed._tools.MemTracker``
-  (``torch.cuda.max_memory_allocated`` on CUDA). It is deterministic, unlike process RSS.
-
-Used by ``benchmarks/bench_vs_timm.py`` and the CLI; ``run_benchmark(quick=True)`` is a smoke test.
+Timed calls alternate between everything measured (A B C A B C ...) so that the machine's noise hits all alike;
+the figure is the median. The peak is the best matrix-product rate (``torch.mm``) of a few shapes, per dtype,
+measured in the same run. ``timm-sknet bench <runner>`` runs them (benchmarks/README.md lists the commands behind
+every file in benchmarks/results).
 """
+import copy
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 import timm
+from timm.utils import reparameterize_model
 
 from ..file_io import write_text_atomic
-from ..inference import fuse_model
+from ..inference import BackendUnavailable, fuse_model, machine_info, native_bf16, optimize
 from ..models.complexity import count_macs
 
-__all__ = ['BenchCase', 'DEFAULT_CASES', 'QUICK_CASES', 'markdown_table', 'run_benchmark', 'sgemm_gflops']
+__all__ = ['BackboneRunner', 'BenchmarkRunner', 'EagerRunner', 'InferenceRunner', 'RUNNERS', 'Report', 'gemm_peaks',
+           'int8_accuracy', 'markdown', 'time_alternating', 'write_report']
+
+GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 1024, 1024), (512, 4096, 512))
+#: (backend, precision) run for both models, and for ours only
+PEER_PATHS = (('eager', 'fp32'), ('eager', 'bf16'), ('inductor', 'fp32'), ('inductor', 'bf16'),
+              ('onnxruntime', 'fp32'), ('openvino', 'fp32'), ('openvino', 'bf16'))
+OUR_PATHS = PEER_PATHS + (('openvino', 'int8'),)
+QUICK_PAIR = ('sknet18', 'skresnet18')
 
 
-@dataclass(frozen=True)
-class BenchCase:
-    """One configuration: ``mode`` is ``'eval'`` (forward under inference_mode) or ``'train'`` (forward,
-    cross-entropy, backward, SGD step)."""
-    mode: str
-    batch_size: int
-    channels_last: bool
-
-    @property
-    def name(self) -> str:
-        layout = 'channels_last' if self.channels_last else 'contiguous'
-        return f'{self.mode} b{self.batch_size} {layout}'
+@dataclass
+class Report:
+    """What a runner measured: a title, the machine, and tables (rows of equal keys), written by :func:`write_report`."""
+    title: str
+    machine: Dict[str, Any]
+    tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
 
 
-DEFAULT_CASES = (
-    BenchCase('eval', 1, False), BenchCase('eval', 1, True),
-    BenchCase('eval', 8, False), BenchCase('eval', 8, True),
-    BenchCase('train', 8, False), BenchCase('train', 8, True),
-)
-QUICK_CASES = (BenchCase('eval', 2, True), BenchCase('train', 2, True))
+def _cell(value: Any) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.0f}' if abs(value) >= 100 else f'{value:.1f}' if abs(value) >= 10 else f'{value:.2f}'
+    return str(value)
+
+
+def markdown(report: Report) -> str:
+    """The report as markdown: title, machine, then each table under its name."""
+    m = report.machine
+    lines = [report.title, '', f"Machine: {m['description']}; {m['threads']} threads; torch {m['torch']}, "
+             f"timm {m['timm']}; peak (best GEMM, GFLOP/s): "
+             + (', '.join(f'{k} {v:.0f}' for k, v in m['peak_gflops'].items()) or 'not measured')]
+    for name, rows in report.tables.items():
+        if not rows:
+            continue
+        keys = list(rows[0])
+        lines += ['', f'{name}:', '', '| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+        lines += ['| ' + ' | '.join(_cell(r.get(k)) for k in keys) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def write_report(report: Report, out: Path) -> Tuple[Path, Path]:
+    """Write ``out.json`` and ``out.md`` (each whole or not at all); returns both paths."""
+    out = Path(out)
+    json_path, md_path = out.with_suffix('.json'), out.with_suffix('.md')
+    write_text_atomic(json_path, json.dumps(asdict(report), indent=2) + '\n')
+    write_text_atomic(md_path, markdown(report) + '\n')
+    return json_path, md_path
 
 
 def _sync(device: torch.device) -> None:
@@ -63,34 +91,177 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sgemm_runner(device: torch.device, n: int = 2048) -> Callable[[], Any]:
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
-    return lambda: torch.mm(a, b)
-
-
-def sgemm_gflops(device: torch.device = torch.device('cpu'), n: int = 2048, runs: int = 5) -> float:
-    """Median fp32 matmul rate (GFLOP/s) of an n x n x n product on ``device``."""
-    run = _sgemm_runner(device, n)
-    run()
-    times = []
+def time_alternating(runners: Dict[str, Callable[[], Any]], runs: int, warmup: int,
+                     device: torch.device = torch.device('cpu')) -> Dict[str, float]:
+    """Median seconds per call of each runner, called in rotation (A B C A B C ...) so that noise hits all alike."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times: Dict[str, List[float]] = {k: [] for k in runners}
     for _ in range(runs):
-        _sync(device)
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+        for k, run in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _gflop_per_image(model: nn.Module, image_size: int) -> float:
-    """Forward FLOPs per image: 2 x the multiply-adds counted by ``models.complexity.count_macs``."""
-    return 2 * count_macs(model, (3, image_size, image_size)) / 1e9
+def gemm_peaks(device: torch.device = torch.device('cpu'), shapes: Sequence[Tuple[int, int, int]] = GEMM_SHAPES,
+               runs: int = 5) -> Dict[str, float]:
+    """Best ``torch.mm`` rate (GFLOP/s) over ``shapes`` for fp32 and, where native, bf16: the machine's peak."""
+    dtypes = {'fp32': torch.float32}
+    if device.type != 'cpu' or native_bf16():
+        dtypes['bf16'] = torch.bfloat16
+    peaks = {}
+    for name, dtype in dtypes.items():
+        g = torch.Generator().manual_seed(0)
+        runners = {}
+        for m, n, k in shapes:
+            a, b = (torch.randn(*s, generator=g).to(device, dtype) for s in ((m, k), (k, n)))
+            runners[(m, n, k)] = lambda a=a, b=b: torch.mm(a, b)
+        seconds = time_alternating(runners, runs, 1, device)
+        peaks[name] = max(2 * m * n * k / s / 1e9 for (m, n, k), s in seconds.items())
+    return peaks
 
 
-def _peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
-    """Peak live tensor memory (MiB) during ``fn()``: everything allocated before it counts too."""
+def describe_machine(device: torch.device = torch.device('cpu'),
+                     peak_shapes: Sequence[Tuple[int, int, int]] = ()) -> Dict[str, Any]:
+    """The machine (CPU model and flags, GPU), threads, versions, and its GEMM peak if ``peak_shapes`` are given."""
+    info = machine_info()
+    return dict(description=info.describe(), cpu_flags=sorted(info.flags), threads=torch.get_num_threads(),
+                device=str(device), torch=torch.__version__, timm=timm.__version__,
+                peak_gflops=gemm_peaks(device, peak_shapes) if peak_shapes else {})
+
+
+def _randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics as after training, so that folding and quantization are not trivially exact."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+    return model
+
+
+def same_weights_pair(timm_model: str, our_model: str, **kwargs: Any) -> Tuple[nn.Module, nn.Module]:
+    """timm's model and ours with identical (random) weights, in eval mode: only the implementation differs."""
+    torch.manual_seed(0)
+    reference = _randomize_batchnorm(timm.create_model(timm_model, **kwargs)).eval()
+    ours = timm.create_model(our_model, **kwargs).eval()
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+class BenchmarkRunner:
+    """The pair, the machine and the timing loop; subclasses measure one thing in :meth:`run`."""
+    name = ''
+    default_image_size = 224
+
+    def __init__(self, our_model: str = 'sknet50', timm_model: str = 'skresnext50_32x4d',
+                 image_size: Optional[int] = None, runs: int = 9, warmup: int = 2, device: str = 'cpu',
+                 quick: bool = False, log: Callable[[str], None] = print, **model_kwargs: Any):
+        if quick:  # a smoke test of the family's small pair: proves the runner works, measures nothing
+            our_model, timm_model = QUICK_PAIR if (our_model, timm_model) == ('sknet50', 'skresnext50_32x4d') else (
+                our_model, timm_model)
+            image_size, runs, warmup = min(image_size or 64, 64), 1, 1
+        self.our_name, self.timm_name, self.quick = our_model, timm_model, quick
+        self.image_size = image_size or self.default_image_size
+        self.runs, self.warmup, self.device, self.log = runs, warmup, torch.device(device), log
+        self.reference, self.ours = (m.to(self.device) for m in same_weights_pair(timm_model, our_model,
+                                                                                    **model_kwargs))
+
+    @property
+    def input_size(self) -> Tuple[int, int, int]:
+        return 3, self.image_size, self.image_size
+
+    def gflop_per_image(self) -> float:
+        return 2 * count_macs(self.ours, self.input_size) / 1e9
+
+    def machine(self) -> Dict[str, Any]:
+        return describe_machine(self.device, ((256, 256, 256),) if self.quick else GEMM_SHAPES)
+
+    def title(self, what: str) -> str:
+        return (f'{what}: {self.our_name} vs timm {self.timm_name}, same weights, {self.image_size} px, median of '
+                f'{self.runs} alternating runs')
+
+    def time(self, runners: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+        return time_alternating(runners, self.runs, self.warmup, self.device)
+
+    def batch(self, batch_size: int, channels_last: bool = False) -> torch.Tensor:
+        x = torch.randn(batch_size, *self.input_size, generator=torch.Generator().manual_seed(1)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def run(self) -> Report:
+        raise NotImplementedError
+
+
+class InferenceRunner(BenchmarkRunner):
+    """Both models through every ``optimize`` backend and precision: our best against the best peer path."""
+    name = 'inference'
+
+    def __init__(self, *args: Any, paths: Optional[Sequence[Tuple[str, str]]] = None, peers: bool = True,
+                 batch_sizes: Sequence[int] = (1, 8), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        default = [('eager', 'fp32'), ('onnxruntime', 'fp32')] if self.quick else OUR_PATHS
+        self.paths = [p for p in OUR_PATHS if p in (paths or default)]
+        self.peers, self.batch_sizes = peers, tuple(batch_sizes)
+
+    def _build(self, model: nn.Module, owner: str, paths: Sequence[Tuple[str, str]]) -> Dict[Tuple, Any]:
+        built = {}
+        calibration = [torch.randn(8, *self.input_size, generator=torch.Generator().manual_seed(3))] * 4
+        for backend, precision in paths:
+            start = time.perf_counter()
+            try:
+                built[(owner, backend, precision)] = optimize(
+                    model, backend, precision, input_size=self.input_size,
+                    calibration=calibration if precision == 'int8' else None)
+            except BackendUnavailable as e:
+                self.log(f'  {owner} {backend} {precision}: skipped ({e})')
+                continue
+            self.log(f'  {owner} {backend} {precision}: built in {time.perf_counter() - start:.0f} s')
+        return built
+
+    def run(self) -> Report:
+        machine = self.machine()
+        built = {**self._build(self.ours, 'sknet', self.paths),
+                 **self._build(self.reference, 'timm', [p for p in self.paths if self.peers and p in PEER_PATHS])}
+        rows = []
+        for batch_size in self.batch_sizes:
+            x = self.batch(batch_size)
+            seconds = self.time({key: (lambda m=m: m(x)) for key, m in built.items()})
+            rows += [dict(path=' '.join(key), batch=batch_size, images_per_s=batch_size / seconds[key],
+                          error=built[key].error, runs_as=built[key].description) for key in built]
+        return Report(self.title('Inference'), machine,
+                      {'paths': rows, 'summary': summarize(rows, machine['peak_gflops'], self.gflop_per_image())})
+
+
+def summarize(rows: List[Dict[str, Any]], peaks: Dict[str, float], gflop: float) -> List[Dict[str, Any]]:
+    """Per precision and batch size: our best path, the best peer path, their ratio, and our share of the peak."""
+    def best(owner: str, precision: str, batch: int) -> Optional[Dict[str, Any]]:
+        mine = [r for r in rows if r['batch'] == batch and r['path'].split()[::2] == [owner, precision]]
+        return max(mine, key=lambda r: r['images_per_s'], default=None)
+    out = []
+    for precision in ('fp32', 'bf16', 'int8'):
+        for batch in sorted({r['batch'] for r in rows}):
+            ours, peer = best('sknet', precision, batch), best('timm', precision, batch)
+            if ours is None:
+                continue
+            peak = peaks.get(precision)
+            out.append(dict(precision=precision, batch=batch, ours=ours['path'], ours_images_per_s=ours['images_per_s'],
+                            peer=peer and peer['path'], peer_images_per_s=peer and peer['images_per_s'],
+                            ratio=peer and ours['images_per_s'] / peer['images_per_s'],
+                            share_of_peak=peak and ours['images_per_s'] * gflop / peak))
+    return out
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
+    """Peak of live tensor bytes (MiB) during ``fn()``, everything allocated before included; None if unknown.
+
+    CUDA: the allocator's peak. CPU: torch's ``MemTracker``, which follows every tensor, so the figure is
+    deterministic, unlike the process's RSS.
+    """
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         fn()
@@ -103,188 +274,150 @@ def _peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[flo
     tracker = MemTracker()
     with tracker:
         fn()
-    peak = tracker.get_tracker_snapshot('peak')
-    return sum(d['Total'] for d in peak.values()) / 2 ** 20
+    return sum(d['Total'] for d in tracker.get_tracker_snapshot('peak').values()) / 2 ** 20
 
 
-def _runner(model: nn.Module, case: BenchCase, x: torch.Tensor) -> Callable[[], Any]:
-    if case.mode == 'eval':
-        def run():
-            with torch.inference_mode():
-                return model(x)
-        return run
+def _train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """Forward, a loss over every output, backward, SGD step: one training step of any model."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    target = torch.randint(0, 1000, (x.shape[0],), generator=torch.Generator().manual_seed(0)).to(x.device)
-    loss_fn = nn.CrossEntropyLoss()
 
     def step():
-        loss = loss_fn(model(x), target)
+        out = model(x)
+        loss = sum(o.float().mean() for o in (out if isinstance(out, (list, tuple)) else [out]))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
     return step
 
 
-def _prepare(model: nn.Module, case: BenchCase, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    model.train(case.mode == 'train')
-    if case.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def _inference(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> Callable[[], Any]:
+    def run():
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return model(x)
+    return run
 
 
-@dataclass
-class CaseResult:
-    case: str
-    images_per_s: Dict[str, float]
-    ratio: float
-    sgemm_gflops: float
-    roofline_share: Dict[str, float]
-    peak_memory_mb: Dict[str, Optional[float]]
-    memory_ratio: Optional[float]
-    runs: int
-    run_seconds: Dict[str, List[float]] = field(repr=False)
+def _laid_out(model: nn.Module, channels_last: bool) -> nn.Module:
+    """A copy of ``model`` in the memory layout asked for (the runners time copies: the pair stays as built)."""
+    return copy.deepcopy(model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def time_alternating(runners: Dict[str, Callable[[], Any]], runs: int, warmup: int,
-                     device: torch.device) -> Dict[str, List[float]]:
-    """Seconds per call of each runner, called in rotation (A B C A B C ...) so that noise hits all alike."""
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    times: Dict[str, List[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, run in runners.items():
-            _sync(device)
-            start = time.perf_counter()
-            run()
-            _sync(device)
-            times[k].append(time.perf_counter() - start)
-    return times
+class EagerRunner(BenchmarkRunner):
+    """Eager inference (ours folded) and training steps, contiguous and channels_last, with peak memory."""
+    name = 'eager'
+    CASES = (('eval', 1, False), ('eval', 1, True), ('eval', 8, False), ('eval', 8, True),
+             ('train', 8, False), ('train', 8, True))
+
+    def __init__(self, *args: Any, memory: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.memory = memory
+        self.cases = (('eval', 2, True), ('train', 2, False)) if self.quick else self.CASES
+
+    def _runners(self, mode: str, x: torch.Tensor, channels_last: bool) -> Dict[str, Callable[[], Any]]:
+        if mode == 'train':
+            return {k: _train_step(_laid_out(m, channels_last).train(), x)
+                    for k, m in (('timm', self.reference), ('sknet', self.ours))}
+        folded = {'timm': reparameterize_model(self.reference), 'sknet': fuse_model(self.ours)}
+        return {k: _inference(_laid_out(m, channels_last), x) for k, m in folded.items()}
+
+    def run(self) -> Report:
+        machine = self.machine()
+        gflop = self.gflop_per_image()
+        rows = []
+        for mode, batch_size, channels_last in self.cases:
+            runners = self._runners(mode, self.batch(batch_size, channels_last), channels_last)
+            ips = {k: batch_size / s for k, s in self.time(runners).items()}
+            memory = {k: peak_memory_mb(r, self.device) if self.memory else None for k, r in runners.items()}
+            flop = gflop * (3 if mode == 'train' else 1)  # a training step is about 3x the forward's work
+            rows.append(dict(
+                case=f'{mode} b{batch_size} {"channels_last" if channels_last else "contiguous"}',
+                timm_images_per_s=ips['timm'], sknet_images_per_s=ips['sknet'], ratio=ips['sknet'] / ips['timm'],
+                sknet_share_of_fp32_peak=ips['sknet'] * flop / machine['peak_gflops']['fp32'],
+                timm_peak_mib=memory['timm'], sknet_peak_mib=memory['sknet']))
+            self.log(f'  {rows[-1]["case"]}: sknet / timm x{rows[-1]["ratio"]:.2f}')
+        return Report(self.title('Eager inference (ours folded) and training steps'), machine, {'cases': rows})
 
 
-def _same_weights_pair(timm_model: str, our_model: str):
-    """timm's model and ours with identical (random) weights: only the implementation differs."""
-    torch.manual_seed(0)
-    reference = timm.create_model(timm_model).eval()
-    ours = timm.create_model(our_model).eval()
-    ours.load_state_dict(reference.state_dict())
-    return reference, ours
+class BackboneRunner(BenchmarkRunner):
+    """``features_only`` models as detectors run them (eager, 640 px): plain, folded and bf16 autocast vs timm's."""
+    name = 'backbone'
+    default_image_size = 640
+
+    def __init__(self, *args: Any, batch_sizes: Sequence[int] = (1, 2), memory: bool = True, **kwargs: Any):
+        super().__init__(*args, features_only=True, **kwargs)
+        self.batch_sizes, self.memory = (1,) if self.quick else tuple(batch_sizes), memory
+
+    def _case(self, batch_size: int, channels_last: bool) -> Dict[str, Any]:
+        x = self.batch(batch_size, channels_last)
+        models = {'timm': _laid_out(self.reference, channels_last), 'sknet': _laid_out(self.ours, channels_last)}
+        runners = {**{k: _inference(m, x) for k, m in models.items()},
+                   'sknet folded': _inference(fuse_model(models['sknet']), x)}
+        if self.device.type != 'cpu' or native_bf16():
+            runners.update({f'{k} bf16': _inference(m, x, autocast=True) for k, m in models.items()})
+        ms = {k: 1000 * s for k, s in self.time(runners).items()}
+        row = dict(layout='channels_last' if channels_last else 'contiguous', batch=batch_size,
+                   timm_ms=ms['timm'], sknet_ms=ms['sknet'], sknet_x=ms['timm'] / ms['sknet'],
+                   folded_ms=ms['sknet folded'], folded_x=ms['timm'] / ms['sknet folded'])
+        if 'timm bf16' in ms:
+            row.update(timm_bf16_ms=ms['timm bf16'], sknet_bf16_ms=ms['sknet bf16'],
+                       bf16_x=ms['timm bf16'] / ms['sknet bf16'])
+        self.log(f'  {row["layout"]} b{batch_size}: sknet x{row["sknet_x"]:.2f}, folded x{row["folded_x"]:.2f}')
+        return row
+
+    def _training_memory(self) -> List[Dict[str, Any]]:
+        """Peak tensor memory of one training step: timm's model, ours, ours with gradient checkpointing."""
+        x = self.batch(max(2, *self.batch_sizes))  # training BatchNorm needs two samples
+        rows = []
+        for name, model, checkpointing in (('timm', self.reference, False), ('sknet', self.ours, False),
+                                           ('sknet, grad checkpointing', self.ours, True)):
+            model = _laid_out(model, False).train()
+            model.set_grad_checkpointing(checkpointing)
+            rows.append(dict(model=name, batch=x.shape[0], peak_mib=peak_memory_mb(_train_step(model, x), self.device)))
+        return rows
+
+    def run(self) -> Report:
+        machine = self.machine()
+        tables = {'inference': [self._case(b, cl) for cl in (False, True) for b in self.batch_sizes]}
+        if self.memory:
+            tables['training step memory'] = self._training_memory()
+        return Report(self.title('Detection backbone (features_only), eager'), machine, tables)
 
 
-def _run_case(case: BenchCase, reference: nn.Module, ours: nn.Module, fused: nn.Module, *, image_size: int,
-              runs: int, warmup: int, gflop: float, memory: bool, dev: torch.device) -> CaseResult:
-    if case.mode not in ('eval', 'train'):
-        raise ValueError(f"BenchCase.mode must be 'eval' or 'train', got {case.mode!r}")
-    models = {'timm': _prepare(reference, case, dev), 'sknet': _prepare(fused if case.mode == 'eval' else ours, case, dev)}
-    x = torch.randn(case.batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(1)).to(dev)
-    if case.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    runners = {k: _runner(m, case, x) for k, m in models.items()}
-    # the sgemm reference is timed in the same rotation, so the roofline sees the same noise
-    times = time_alternating({**runners, 'sgemm': _sgemm_runner(dev)}, runs, warmup, dev)
-    case_sgemm = 2 * 2048 ** 3 / statistics.median(times.pop('sgemm')) / 1e9
-    ips = {k: case.batch_size / statistics.median(v) for k, v in times.items()}
-    mem = {k: (_peak_memory_mb(run, dev) if memory else None) for k, run in runners.items()}
-    mem_ratio = mem['sknet'] / mem['timm'] if mem['sknet'] and mem['timm'] else None
-    roof = case_sgemm / gflop / (3 if case.mode == 'train' else 1)  # a training step is ~3x the FLOPs
-    for m in models.values():
-        m.to(memory_format=torch.contiguous_format)
-    return CaseResult(
-        case=case.name, images_per_s=ips, ratio=ips['sknet'] / ips['timm'], sgemm_gflops=case_sgemm,
-        roofline_share={k: v / roof for k, v in ips.items()}, peak_memory_mb=mem, memory_ratio=mem_ratio,
-        runs=runs, run_seconds=times)
+RUNNERS = {r.name: r for r in (InferenceRunner, EagerRunner, BackboneRunner)}
 
 
-def run_benchmark(
-        cases: Optional[Sequence[BenchCase]] = None,
-        *,
-        timm_model: str = 'skresnext50_32x4d',
-        our_model: str = 'sknet50',
-        image_size: int = 224,
-        runs: int = 7,
-        warmup: int = 3,
-        device: str = 'cpu',
-        threads: Optional[int] = None,
-        quick: bool = False,
-        memory: bool = True,
-        json_path: Optional[os.PathLike] = None,
-        markdown_path: Optional[os.PathLike] = None,
-        log: Callable[[str], None] = print,
-) -> Dict[str, Any]:
-    """Run the comparison and return the results as a dict (also written as JSON / markdown if asked).
+def int8_accuracy(tiny_images: int = 1200, sknet50_images: int = 64, log: Callable[[str], None] = print) -> Report:
+    """int8 (OpenVINO + NNCF) against fp32 where it can be measured offline.
 
-    ``quick=True`` is a smoke test: skresnet18 vs sknet18 unless other models are named, 64x64 images,
-    two short cases, three runs. Its numbers prove that the benchmark works, not how fast anything is.
+    The embedded ``sknet_tiny.synthetic``: calibrated on 300 training-split shapes, evaluated on held-out ones (top-1
+    of each and their agreement). ``sknet50`` with random weights and trained-like BatchNorm statistics at 224 px:
+    calibrated on 300 synthetic images, compared with fp32 on others (relative error, top-1 agreement); random
+    weights give flat logits, so this agreement is harder than a trained model's, and says nothing about ImageNet.
     """
-    if quick:  # the small pair of the family: same comparison, seconds instead of minutes
-        cases = cases or QUICK_CASES
-        if (timm_model, our_model) == ('skresnext50_32x4d', 'sknet50'):
-            timm_model, our_model = 'skresnet18', 'sknet18'
-        image_size, runs, warmup = min(image_size, 64), min(runs, 3), 1
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device)
-    reference, ours = _same_weights_pair(timm_model, our_model)
-    fused = fuse_model(ours)
-    gflop = _gflop_per_image(ours, image_size)
-    sgemm = sgemm_gflops(dev)
-    log(f'sgemm 2048^3: {sgemm:.1f} GFLOP/s; {our_model}: {gflop:.2f} GFLOP/image at {image_size}; '
-        f'roofline {sgemm / gflop:.2f} images/s; threads {torch.get_num_threads()}')
-    results = []
-    for case in list(cases or DEFAULT_CASES):
-        res = _run_case(case, reference, ours, fused, image_size=image_size, runs=runs, warmup=min(warmup, 3),
-                        gflop=gflop, memory=memory, dev=dev)
-        results.append(res)
-        ips, mem_ratio = res.images_per_s, res.memory_ratio
-        log(f'{case.name:>26}: timm {ips["timm"]:7.2f} img/s, sknet {ips["sknet"]:7.2f} img/s, '
-            f'x{res.ratio:.2f}, roofline {res.roofline_share["sknet"]:.0%} (sgemm {res.sgemm_gflops:.0f} GFLOP/s)'
-            + (f', memory x{mem_ratio:.2f}' if mem_ratio else ''))
-        if case.mode == 'train':  # training updated the weights: restore the shared starting point
-            ours.load_state_dict(reference.state_dict())
-    out = {
-        'timm_model': timm_model, 'our_model': our_model, 'image_size': image_size, 'device': str(dev),
-        'device_name': _device_name(dev), 'threads': torch.get_num_threads(), 'torch': torch.__version__,
-        'timm': timm.__version__, 'sgemm_gflops': sgemm, 'gflop_per_image': gflop, 'quick': quick,
-        'memory_method': ('torch.cuda.max_memory_allocated' if dev.type == 'cuda' else
-                          'peak live tensor bytes, torch.distributed._tools.MemTracker'),
-        'results': [asdict(r) for r in results],
-    }
-    if json_path:
-        write_text_atomic(json_path, json.dumps(out, indent=2) + '\n')
-    if markdown_path:
-        write_text_atomic(markdown_path, markdown_table(out) + '\n')
-    return out
+    from .synthetic_data import SyntheticShapes
 
+    def batches(model, split, n, size, seed=0, batch=32):
+        transform = timm.data.create_transform(**timm.data.resolve_data_config(
+            {'input_size': (3, size, size)}, model=model))
+        ds = SyntheticShapes(n, image_size=size, seed=seed, split=split, num_classes=6, transform=transform)
+        return [torch.stack([ds[i][0] for i in range(j, min(j + batch, n))]) for j in range(0, n, batch)], ds.targets
 
-def _device_name(dev: torch.device) -> str:
-    if dev.type == 'cuda':
-        return torch.cuda.get_device_name(dev)
-    return f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores'
-
-
-def _fmt_mb(value: Optional[float]) -> str:
-    return f'{value:.0f}' if value is not None else '-'
-
-
-def markdown_table(result: Dict[str, Any]) -> str:
-    """The results of :func:`run_benchmark` as a markdown table with a one-line header."""
-    lines = [
-        f'{result["our_model"]} (fused for eval) vs timm {result["timm_model"]}, same weights, '
-        f'{result["image_size"]}x{result["image_size"]}, fp32, {result["device_name"]}, '
-        f'{result["threads"]} threads, torch {result["torch"]}, timm {result["timm"]}; '
-        f'sgemm {result["sgemm_gflops"]:.0f} GFLOP/s, {result["gflop_per_image"]:.2f} GFLOP/image.',
-        '',
-        '| case | timm img/s | sknet img/s | speed-up | sknet roofline share (sgemm GFLOP/s) | timm peak MiB '
-        '| sknet peak MiB | memory ratio |',
-        '|---|---|---|---|---|---|---|---|',
-    ]
-    for r in result['results']:
-        mem = r['peak_memory_mb']
-        ratio = f'{r["memory_ratio"]:.2f}' if r['memory_ratio'] else '-'
-        lines.append(
-            f'| {r["case"]} | {r["images_per_s"]["timm"]:.2f} | {r["images_per_s"]["sknet"]:.2f} '
-            f'| {r["ratio"]:.2f}x | {r["roofline_share"]["sknet"]:.0%} ({r["sgemm_gflops"]:.0f}) '
-            f'| {_fmt_mb(mem["timm"])} | {_fmt_mb(mem["sknet"])} | {ratio} |')
-    return '\n'.join(lines)
+    def logits(model, images):
+        with torch.inference_mode():
+            return torch.cat([model(b) for b in images])
+    rows = []
+    for name, n_eval in (('sknet_tiny.synthetic', tiny_images), ('sknet50', sknet50_images)):
+        model = timm.create_model(name, pretrained=name.endswith('synthetic')).eval()
+        if name == 'sknet50':
+            _randomize_batchnorm(model)
+        size = model.pretrained_cfg['input_size'][-1]
+        calibration, _ = batches(model, 'train', 300, size)
+        images, labels = batches(model, 'validation', n_eval, size)
+        ref, out = logits(model, images), logits(optimize(model, 'openvino', 'int8', calibration=calibration), images)
+        labels = torch.tensor(labels)
+        rows.append(dict(model=name, images=n_eval, relative_error=float((out - ref).abs().max() / ref.abs().max()),
+                         top1_agreement=float((out.argmax(1) == ref.argmax(1)).float().mean()),
+                         fp32_top1=float((ref.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None,
+                         int8_top1=float((out.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None))
+        log(f'  {name}: top-1 agreement {rows[-1]["top1_agreement"]:.2%}')
+    return Report('int8 (OpenVINO + NNCF) against fp32', describe_machine(), {'accuracy': rows})

@@ -204,66 +204,61 @@ def _add_predict_parser(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
-def _bench_paths(args: argparse.Namespace):
-    from .inference_benchmark import OUR_PATHS
-    if args.quick and args.backend == args.precision == 'all':
-        return [('eager', 'fp32'), ('onnxruntime', 'fp32')]  # seconds: no compilation, no quantization
-    return [(b, p) for b, p in OUR_PATHS if args.backend in ('all', b) and args.precision in ('all', p)]
+def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The runner's keyword arguments from the command line (each runner takes its own)."""
+    from .benchmark import OUR_PATHS
+    options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
+    options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
+    if args.what == 'inference':
+        paths = [(b, p) for b, p in OUR_PATHS if args.backend in ('all', b) and args.precision in ('all', p)]
+        if not paths:
+            raise CLIError(f'no benchmark path has backend {args.backend} and precision {args.precision}')
+        options.update(paths=None if args.backend == args.precision == 'all' else paths,
+                       batch_sizes=args.batch_sizes or (1, 8))
+    else:
+        options.update(memory=not args.no_memory)
+        if args.what == 'backbone':
+            options.update(batch_sizes=args.batch_sizes or (1, 2))
+    return options
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    json_path = md_path = None
-    if args.out:
-        out = Path(args.out)
-        if not out.parent.is_dir():
-            raise FileNotFoundError(f'folder {out.parent} does not exist; create it or choose another --out')
-        json_path, md_path = out.with_suffix('.json'), out.with_suffix('.md')
-    models = {k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v}
-    if args.quick:
-        models = {'our_model': 'sknet18', 'timm_model': 'skresnet18', **models}
+    from .benchmark import RUNNERS, int8_accuracy, markdown, write_report
+    if args.out and not Path(args.out).parent.is_dir():
+        raise FileNotFoundError(f'folder {Path(args.out).parent} does not exist; create it or choose another --out')
+    if args.threads:
+        torch.set_num_threads(args.threads)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    if args.training:
-        from .benchmark import markdown_table, run_benchmark
-        result = run_benchmark(device=args.device, runs=args.runs, threads=args.threads, image_size=args.image_size,
-                               quick=args.quick, memory=not args.no_memory, json_path=json_path,
-                               markdown_path=md_path, log=log, **models)
-        print(markdown_table(result))
+    if args.what == 'int8-accuracy':
+        report = int8_accuracy(*((60, 8) if args.quick else ()), log=log)
     else:
-        from .inference_benchmark import GEMM_SHAPES, markdown_report, run_inference_benchmark
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        paths = _bench_paths(args)
-        if not paths:
-            raise CLIError(f'no benchmark path has backend {args.backend} and precision {args.precision}')
-        result = run_inference_benchmark(
-            image_size=min(args.image_size, 64) if args.quick else args.image_size, runs=1 if args.quick else args.runs,
-            warmup=1 if args.quick else 2, batch_sizes=tuple(args.batch_sizes), paths=paths,
-            gemm_shapes=((256, 256, 256),) if args.quick else GEMM_SHAPES, json_path=json_path,
-            markdown_path=md_path, log=log, **models)
-        print(markdown_report(result))
+        report = RUNNERS[args.what](**_bench_options(args), log=log).run()
+    print(markdown(report))
     if args.out:
-        print(f'wrote {json_path} and {md_path}', file=sys.stderr)
+        print('wrote {} and {}'.format(*write_report(report, Path(args.out))), file=sys.stderr)
     return 0
 
 
 def _add_bench_parser(sub) -> None:
     from ..inference import BACKENDS, PRECISIONS
-    p = sub.add_parser('bench', help='inference speed of every backend and precision vs timm\'s model run the same '
-                                     'ways (--training: the eager train/eval step and its memory)')
+    p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
+    p.add_argument('what', nargs='?', default='inference', choices=('inference', 'eager', 'backbone', 'int8-accuracy'),
+                   help='inference: every backend and precision of optimize, vs timm run the same ways (default); '
+                        'eager: eager inference and training steps with peak memory; backbone: features_only at '
+                        '640 px as detectors run it; int8-accuracy: int8 against fp32')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
                    help="timm's twin of --model (default: skresnext50_32x4d; skresnet18 with --quick)")
-    p.add_argument('--backend', choices=('all', *BACKENDS), default='all', help='only this backend (default: all)')
-    p.add_argument('--precision', choices=('all', *PRECISIONS), default='all', help='only this precision (default: all)')
-    p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
-    p.add_argument('--training', action='store_true',
-                   help='instead: eager eval and training steps vs timm, with peak memory')
-    p.add_argument('--device', default='cpu', help='--training only: cpu or cuda')
-    p.add_argument('--runs', type=int, default=9, help='timed runs per path (median reported)')
+    p.add_argument('--backend', choices=('all', *BACKENDS), default='all', help='inference: only this backend')
+    p.add_argument('--precision', choices=('all', *PRECISIONS), default='all', help='inference: only this precision')
+    p.add_argument('--batch-sizes', type=int, nargs='+', default=None,
+                   help='inference: default 1 8; backbone: default 1 2')
+    p.add_argument('--device', default='cpu', help='cpu or cuda')
+    p.add_argument('--runs', type=int, default=9, help='timed runs of everything, alternating (median reported)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    p.add_argument('--image-size', type=int, default=224)
-    p.add_argument('--no-memory', action='store_true', help='--training only: skip the peak-memory runs')
+    p.add_argument('--image-size', type=int, default=None, help='default: 224; backbone: 640')
+    p.add_argument('--no-memory', action='store_true', help='eager, backbone: skip the peak-memory runs')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')
     p.set_defaults(func=_cmd_bench)
 

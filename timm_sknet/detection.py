@@ -117,7 +117,7 @@ def sknet_fpn_backbone(
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f'trainable_layers must be in 0..5 (stem and 4 stages), got {trainable_layers}')
     # 'getter' runs forward_intermediates, whose grad checkpointing is per block rather than per stage:
-    # a lower peak (benchmarks/detector_memory.py) for the same features
+    # a lower peak for the same features (`timm-sknet bench backbone`, training step memory)
     model_kwargs.setdefault('feature_cls', 'getter')
     body = timm.create_model(
         model_name, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices), **model_kwargs)

@@ -1,0 +1,62 @@
+"""The benchmark's bookkeeping: best paths, ratios, share of peak, the report format, and that every runner runs.
+
+Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results.
+"""
+import json
+
+import pytest
+
+from timm_sknet.tools.benchmark import Report, gemm_peaks, markdown, summarize, time_alternating, write_report
+
+
+def _row(path, batch, ips):
+    return dict(path=path, batch=batch, images_per_s=ips, error=0.0, runs_as=path)
+
+
+ROWS = [
+    _row('sknet eager fp32', 1, 18.0), _row('sknet openvino fp32', 1, 22.0),
+    _row('timm eager fp32', 1, 15.0), _row('timm inductor fp32', 1, 31.0),
+    _row('sknet openvino bf16', 1, 50.0), _row('timm openvino bf16', 1, 40.0),
+    _row('sknet openvino int8', 1, 80.0),
+    _row('sknet openvino fp32', 8, 30.0), _row('timm openvino fp32', 8, 20.0),
+]
+
+
+def test_summary_compares_our_best_with_the_best_peer_per_precision_and_batch():
+    rows = {(r['precision'], r['batch']): r for r in summarize(ROWS, {'fp32': 180.0, 'bf16': 720.0}, 9.0)}
+    fp32 = rows[('fp32', 1)]
+    assert (fp32['ours'], fp32['peer']) == ('sknet openvino fp32', 'timm inductor fp32')
+    assert fp32['ratio'] == pytest.approx(22.0 / 31.0)
+    assert fp32['share_of_peak'] == pytest.approx(22.0 * 9.0 / 180.0)
+    assert rows[('bf16', 1)]['ratio'] == pytest.approx(50.0 / 40.0)
+    assert rows[('bf16', 1)]['share_of_peak'] == pytest.approx(50.0 * 9.0 / 720.0)
+    assert rows[('int8', 1)]['peer'] is None and rows[('int8', 1)]['share_of_peak'] is None
+    assert rows[('fp32', 8)]['ratio'] == pytest.approx(1.5)
+    assert ('bf16', 8) not in rows  # nothing of ours measured there
+
+
+def test_markdown_and_json_hold_every_table_row_and_the_machine(tmp_path):
+    machine = dict(description='CPU X, 2 cores', threads=2, torch='2.x', timm='1.x', peak_gflops={'fp32': 400.0})
+    report = Report('Title line', machine, {'paths': ROWS[:2], 'empty': []})
+    json_path, md_path = write_report(report, tmp_path / 'out')
+    assert json.loads(json_path.read_text()) == {'title': 'Title line', 'machine': machine,
+                                                 'tables': {'paths': ROWS[:2], 'empty': []}}
+    text = md_path.read_text()
+    assert text.strip() == markdown(report).strip() and text.startswith('Title line\n')
+    assert 'CPU X, 2 cores; 2 threads' in text and 'fp32 400' in text
+    assert '| path | batch | images_per_s | error | runs_as |' in text
+    assert '| sknet eager fp32 | 1 | 18.0 | 0.00 | sknet eager fp32 |' in text
+    assert 'empty' not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.json', 'out.md']
+
+
+def test_time_alternating_calls_in_rotation_and_reports_medians():
+    calls = []
+    result = time_alternating({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, runs=3, warmup=1)
+    assert calls == ['a', 'b'] * 4
+    assert set(result) == {'a', 'b'} and all(v >= 0 for v in result.values())
+
+
+def test_gemm_peak_is_measured_per_precision_the_machine_runs():
+    peaks = gemm_peaks(shapes=((64, 64, 64), (128, 64, 32)), runs=1)
+    assert peaks['fp32'] > 0 and set(peaks) <= {'fp32', 'bf16'}
