@@ -20,11 +20,11 @@ from typing import Dict, NamedTuple, Optional
 
 import pytest
 
-__all__ = ['Distributions', 'distributions', 'editable_site', 'run_python', 'wheel_site', 'REPO']
+__all__ = ['Distributions', 'copy_sources', 'distributions', 'editable_site', 'run_python', 'wheel_site', 'REPO']
 
 REPO = Path(__file__).resolve().parents[1]
 #: what an sdist is made from (the rest of the checkout is tests, docs and tools)
-_SOURCES = ('pyproject.toml', 'setup.py', 'MANIFEST.in', 'README.md', 'timm_sknet_autoload.py',
+_SOURCES = ('pyproject.toml', 'setup.py', 'MANIFEST.in', 'README.md', 'LICENSE', 'timm_sknet_autoload.py',
             'timm_sknet_autoload.pth', 'timm_sknet')
 _BUILD = """
 from setuptools import build_meta as backend
@@ -52,17 +52,22 @@ def _backend(hook: str, source: Path, out: Path) -> Path:
     return out / proc.stdout.strip().splitlines()[-1]
 
 
-def build_distributions(workdir: Path) -> Distributions:
-    """sdist from a copy of the sources, then the wheel and the editable wheel from the unpacked sdist
-    (as ``pip install`` from PyPI's sdist would): a file the sdist forgets is missing from the wheels too."""
-    checkout, out = workdir / 'checkout', workdir / 'dist'
+def copy_sources(dest: Path) -> Path:
+    """Copy what an sdist is made from into ``dest`` (a clean checkout: no build outputs, no caches)."""
     for name in _SOURCES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, checkout / name, ignore=shutil.ignore_patterns('__pycache__'))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns('__pycache__'))
         else:
-            checkout.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, checkout / name)
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def build_distributions(workdir: Path) -> Distributions:
+    """sdist from a copy of the sources, then the wheel and the editable wheel from the unpacked sdist
+    (as ``pip install`` from PyPI's sdist would): a file the sdist forgets is missing from the wheels too."""
+    checkout, out = copy_sources(workdir / 'checkout'), workdir / 'dist'
     sdist = _backend('build_sdist', checkout, out)
     with tarfile.open(sdist) as tar:
         tar.extractall(workdir / 'unpacked', filter='data')

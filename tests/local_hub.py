@@ -138,7 +138,9 @@ class LocalHub:
         self.repos: Dict[str, _Repo] = {}
         self.xet = False
         self.token = 'hf_local_test_token'
-        self.head_barrier: Optional[threading.Barrier] = None  # LFS HEADs wait here (concurrency tests)
+        self._heads_expected: Optional[int] = None  # hold_heads(): LFS HEADs wait until this many have come
+        self._heads_seen = 0
+        self._heads_released = threading.Event()
         self.in_git: Set[str] = set()  # paths stored in git, not LFS, whatever their suffix
         self.stalled = threading.Event()
         self.slow_gap_s = 0.3
@@ -233,6 +235,22 @@ class LocalHub:
                     if hashlib.sha256(data).hexdigest() == sha256:
                         return data
         return None
+
+    def hold_heads(self, count: int) -> None:
+        """Hold every LFS ``HEAD`` until ``count`` of them have arrived, then let all (and later ones) through: clients
+        that all know the file before any of them downloads it (concurrency tests)."""
+        with self._lock:
+            self._heads_expected, self._heads_seen = count, 0
+            self._heads_released.clear()
+
+    def wait_for_heads(self, timeout: float = 120) -> None:
+        with self._lock:
+            if self._heads_expected is None:
+                return
+            self._heads_seen += 1
+            if self._heads_seen >= self._heads_expected:
+                self._heads_released.set()
+        self._heads_released.wait(timeout)
 
     def wait_for_release(self, timeout: float = 120) -> None:
         self.stalled.set()
@@ -447,8 +465,8 @@ class _HubHandler(_Handler):
 
     def redirect_to_cdn(self, repo_id: str, sha: str, filename: str, data: bytes) -> None:
         """What the Hub answers for an LFS file: 302 to a signed CDN URL, metadata in X-Linked-* headers."""
-        if self.command == 'HEAD' and self.hub.head_barrier is not None:
-            self.hub.head_barrier.wait()
+        if self.command == 'HEAD':
+            self.hub.wait_for_heads()
         size = len(data) + 1000 if self.hub.fault == 'size' else len(data)
         location = self.hub.signed_url(data, filename)
         body = f'Found. Redirecting to {location}'.encode()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -20,24 +19,27 @@ import timm
 WEIGHTS = 'model.safetensors'
 # Loads sknet18 (one block per stage) with pretrained=True and prints the sha256 of its state dict.
 LOAD = f"""
-import hashlib
+import hashlib, os
 from safetensors.torch import save
 import timm, timm_sknet
 def load():
     model = timm.create_model('sknet18', pretrained=True, layers={SMALL['layers']!r})
-    print('state-dict-sha256', hashlib.sha256(save(model.state_dict())).hexdigest(), flush=True)
+    line = 'state-dict-sha256 ' + hashlib.sha256(save(model.state_dict())).hexdigest() + '\\n'
+    os.write(1, line.encode())  # one write: the processes finish together on one pipe
 """
 # Imports once (5 s of CPU per interpreter on this machine), then forks N processes that load at the same time.
 FORK_AND_LOAD = LOAD + """
-import os, sys
+import os, sys, traceback
 pids = []
 for _ in range(int(sys.argv[1])):
     pid = os.fork()
     if pid == 0:
         try:
             load()
-        finally:
-            os._exit(0 if sys.exc_info()[0] is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
     pids.append(pid)
 print('exit-codes', *[os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids], flush=True)
 """
@@ -55,12 +57,12 @@ def _blob_folder_entries(cache):
 def test_four_processes_at_once_download_once_and_load_identical_weights(local_hub, hf_cache, tmp_path,
                                                                          sknet18_small):
     local_hub.add_commit(SKNET18_REPO, {WEIGHTS: sknet18_small.data})
-    local_hub.head_barrier = threading.Barrier(4, timeout=120)  # all four know the file before any downloads
+    local_hub.hold_heads(4)  # all four know the file before any downloads
     parent = _spawn(local_hub, hf_cache, tmp_path, FORK_AND_LOAD, '4')
     out, err = parent.communicate(timeout=300)
     assert parent.returncode == 0 and 'exit-codes 0 0 0 0' in out, out + err[-3000:]
     printed = [line.split()[1] for line in out.splitlines() if line.startswith('state-dict')]
-    assert printed == [hashlib.sha256(safetensors_bytes(sknet18_small.state_dict)).hexdigest()] * 4
+    assert printed == [hashlib.sha256(safetensors_bytes(sknet18_small.state_dict)).hexdigest()] * 4, out + err[-3000:]
     assert local_hub.count('HEAD', WEIGHTS, server='hub') == 8  # each process: our probe, huggingface_hub's HEAD
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
     assert _blob_folder_entries(hf_cache) == [hashlib.sha256(sknet18_small.data).hexdigest()]
