@@ -235,8 +235,10 @@ def export_hub_folder(
             file, build it with :func:`timm_sknet.models.model_from_checkpoint` first.
         out_dir: the folder to create.
         repo_id: the Hub repo the folder is meant for; only used in the model card's usage example.
-        license, datasets, tags, description: model card metadata; license and datasets default to what the
-            model's pretrained tag says (see :func:`training_data`).
+        license: model card license; default: what the model's pretrained tag says (see :func:`training_data`).
+        datasets: model card datasets (Hub ids); default: what the model's pretrained tag says.
+        tags: extra model card tags.
+        description: the model card's opening paragraph.
         data_config: preprocessing to record, if it differs from the model's pretrained cfg.
         label_names: class names, if the model's pretrained cfg has none that fit its classifier.
         overwrite: replace an existing non-empty ``out_dir`` (atomically: the old one stays until the new one

@@ -145,7 +145,10 @@ class SelectiveKernel(nn.Module):
         dilated_kernels: realise k > 3 as a 3x3 conv with dilation (k - 1) / 2, as the paper does
             (default). ``False`` uses true k x k kernels.
         split_input: give each path its own 1/M slice of the input channels (timm's skresnet18/34).
-        act_layer, norm_layer, aa_layer, drop_layer: as in timm's ``ConvNormAct``.
+        act_layer: activation, as in timm's ``ConvNormAct``.
+        norm_layer: normalisation, as in timm's ``ConvNormAct``.
+        aa_layer: anti-aliasing for strided paths, as in timm's ``ConvNormAct``.
+        drop_layer: drop layer (DropBlock), as in timm's ``ConvNormAct``.
 
     Raises:
         ValueError: for arguments that cannot make a valid unit; the message names the argument.

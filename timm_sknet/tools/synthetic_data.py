@@ -278,7 +278,9 @@ def write_image_folder(
     Args:
         root: destination folder (must not exist unless ``overwrite``).
         splits: split name -> number of images, e.g. ``{'train': 4000, 'validation': 800}``.
-        image_size, seed, **dataset_kwargs: passed to ``SyntheticShapes``.
+        image_size: passed to ``SyntheticShapes``.
+        seed: passed to ``SyntheticShapes``.
+        **dataset_kwargs: passed to ``SyntheticShapes``.
     """
     root = Path(root)
     if root.exists() and not overwrite:
