@@ -5,7 +5,7 @@ into site-packages; Python runs its one line at interpreter start, and that line
 adds :class:`TimmImportWatcher` to ``sys.meta_path``, a finder that answers for nothing but ``timm``: when a
 program imports timm, timm's own loader runs as usual, and once timm's ``__init__`` has finished the watcher
 imports ``timm_sknet`` (which registers the models) and removes itself. A program that never imports timm
-never loads torch or the package: the start-up cost is this small module (measured in the README).
+never loads torch or the package: the start-up cost is this small module (docs/getting-started.md).
 
 Why a meta-path finder rather than patching timm: it needs no timm internals, works for ``import timm``,
 ``import timm.models`` and ``from timm import create_model`` alike, and leaves timm's module exactly as its

@@ -219,3 +219,21 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
     args.model, args.model_kwargs = 'sknet18', {}
     with pytest.raises(ValueError, match='resume with --model sknet_tiny'):
         run_train(args)
+
+
+def test_a_data_dir_without_a_validation_folder_is_refused(tmp_path):
+    """timm's dataset search falls back to the whole folder for a missing split: validating on training images."""
+    root = write_image_folder(tmp_path / 'data', {'train': 12}, image_size=32, num_classes=3)
+    with pytest.raises(FileNotFoundError, match='has no validation/ folder'):
+        run_train(_args(tmp_path / 'run', '--data-dir', str(root), '--epochs', '1'))
+    assert not (tmp_path / 'run' / 'model').exists()
+
+
+def test_a_diverging_run_ends_with_one_line_from_the_command(tmp_path, capsys):
+    from timm_sknet.tools.cli import main
+
+    rc = main(['train', *TINY, '--output', str(tmp_path / 'run'), '--synthetic-train-size', '32',
+               '--synthetic-val-size', '16', '--batch-size', '16', '--epochs', '1', '--opt', 'sgd', '--lr', '1e30',
+               '--warmup-epochs', '0'])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith('timm-sknet: error: loss is') and 'lower --lr' in err and 'Traceback' not in err

@@ -160,7 +160,7 @@ def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
     # Activation ranges from the calibration set's min and max (NNCF's default percentile ranges kept 96-99 % top-1
     # agreement on held-out shapes, depending on how the calibration images were batched), and the element-wise
     # ops (the SK select's arithmetic, residual adds) left in float: quantizing them cost 17 % of the int8 time
-    # in re-quantization and some agreement. Measured: 99.6 % agreement, 1.3x the bf16 rate (README, "int8").
+    # in re-quantization and some agreement (`timm-sknet bench int8-accuracy` and `bench inference` measure both).
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     eltwise = nncf.IgnoredScope(types=['Multiply', 'Add', 'Subtract'], validate=False)
     return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
@@ -194,7 +194,7 @@ class _OpenVINOInfer:
 
     On the 2-core CPUs this was measured on, a batch of 8 as one request ran at 0.9x the rate of batch 1
     (its activations outgrow the cache); per-image requests on two streams ran 1.1-1.5x faster than the
-    one request, for f32, bf16 and int8 alike (README, "Fast inference").
+    one request, for f32, bf16 and int8 alike (`timm-sknet bench inference`).
     """
 
     def __init__(self, ov, ov_model, hint: str):

@@ -10,7 +10,7 @@ Tolerances (max |optimized - plain| / max |plain| over every output):
 * fp32: 1e-4 (the same arithmetic, reordered);
 * bf16: 5e-2 (8-bit mantissas through ~50 layers; measured 4e-3 to 1e-2 on sknet50 at 224);
 * int8: 0.25, and the classifier's top-1 must agree with the plain model's on at least 90 % of the
-  verification images (quantization error is larger; accuracy is reported separately in the README).
+  verification images (quantization error is larger; accuracy: ``timm-sknet bench int8-accuracy``).
 """
 import logging
 from typing import Iterable, Optional, Sequence, Tuple

@@ -14,8 +14,8 @@ writes as JSON and markdown.
 
 Timed calls alternate between everything measured (A B C A B C ...) so that the machine's noise hits all alike;
 the figure is the median. The peak is the best matrix-product rate (``torch.mm``) of a few shapes, per dtype,
-measured in the same run. ``timm-sknet bench <runner>`` runs them (benchmarks/README.md lists the commands behind
-every file in benchmarks/results).
+measured in the same run. ``timm-sknet bench <runner>`` runs one; ``benchmarks/run.sh`` runs them all into
+``benchmarks/results/``.
 """
 import copy
 import json

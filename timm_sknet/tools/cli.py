@@ -1,6 +1,6 @@
 """Command line: ``timm-sknet`` or ``python -m timm_sknet``.
 
-With no subcommand it runs the main job: the model table, then one forward pass.
+With no subcommand it runs the main job: the model table, then the embedded model's predictions and scale analysis.
 """
 import argparse
 import json
@@ -23,7 +23,8 @@ __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
 
 #: Exceptions that are the user's to fix: printed as one ``timm-sknet: error: ...`` line, exit status 2.
 #: ``FileExistsError`` / ``FileNotFoundError`` come from the writers (existing output folder, missing folder).
-USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError, CheckpointError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError, CheckpointError,
+               FloatingPointError)
 
 
 class CLIError(Exception):

@@ -284,7 +284,7 @@ def write_image_folder(
     """
     root = Path(root)
     if root.exists() and not overwrite:
-        raise FileExistsError(f'{root} exists; pass overwrite=True (--overwrite) or choose another folder')
+        raise FileExistsError(f'{root} exists; pass overwrite=True or choose another folder')
     with atomic_folder(root) as tmp:
         for split, count in splits.items():
             ds = SyntheticShapes(count, image_size=image_size, seed=seed, split=split, **dataset_kwargs)

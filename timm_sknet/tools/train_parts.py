@@ -42,6 +42,11 @@ def build_datasets(args: argparse.Namespace) -> Tuple[Any, Any, List[str]]:
                                 f'(with {args.train_split}/ and {args.val_split}/ class folders)')
     train = create_dataset('', root=str(root), split=args.train_split, is_training=True)
     val = create_dataset('', root=str(root), split=args.val_split, is_training=False)
+    for split, dataset in ((args.train_split, train), (args.val_split, val)):
+        if Path(dataset.reader.root) == root:  # timm falls back to the whole folder when a split has none
+            raise FileNotFoundError(
+                f'--data-dir {root} has no {split}/ folder: timm would use the whole folder for it (and validate on '
+                f'training images); put the images in {args.train_split}/ and {args.val_split}/ class folders')
     classes = _class_names(train)
     if _class_names(val) != classes:
         raise ValueError(f'the classes of {args.val_split} ({_class_names(val)}) differ from those of '
