@@ -75,15 +75,16 @@ def _installed(module: str) -> bool:
 def choose_backend(precision: str, device: torch.device) -> Tuple[str, str]:
     """The backend ``'auto'`` means for ``precision`` on ``device``, and why.
 
-    From the benchmark on this project's CPU class (README, "Fast inference"): OpenVINO is the fastest runtime
-    for sknet50 in bf16 and int8, and in fp32 at batch 8 (onnxruntime was faster for fp32 at batch 1; the
-    batch size is not known here, so that choice is left to the caller); without OpenVINO, onnxruntime for
-    fp32, and inductor with freezing for bf16 (both beat eager). On a GPU, inductor.
+    From ``timm-sknet bench`` on the two CPUs of this project's machines (benchmarks/results, docs/inference.md):
+    OpenVINO was the fastest runtime for sknet50 in bf16 and int8, and in fp32 at batch 8; at batch 1 in fp32
+    onnxruntime (AVX-512 BF16 EPYC) or inductor (AMX Xeon) was up to 1.3x faster, a choice left to the caller
+    since the batch size is not known here. Without OpenVINO: onnxruntime for fp32 (as fast as inductor, and
+    built in seconds), inductor for bf16 (both beat eager). On a GPU, inductor.
     """
     if device.type != 'cpu':
         return 'inductor', f'on {device.type}, torch.compile (inductor) is the fast path'
     if _installed('openvino') and (precision != 'int8' or _installed('nncf')):
-        note = (" (for single images in fp32, backend='onnxruntime' measured faster)" if precision == 'fp32' else '')
+        note = (" (for single images in fp32, onnxruntime or inductor can be faster)" if precision == 'fp32' else '')
         return 'openvino', f'OpenVINO is installed and was the fastest {precision} runtime in the benchmark{note}'
     if precision == 'int8':
         raise BackendUnavailable('int8 needs OpenVINO and NNCF: pip install "timm-sknet[openvino]"')
