@@ -496,12 +496,16 @@ class _CdnHandler(_Handler):
         refused = self.hub.check_signature(parts.path, parts.query)
         data = self.hub.blob(segments[1])
         if refused or data is None:
-            code = 'AccessDenied' if refused else 'NoSuchKey'
-            body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{refused}</Message>' \
-                   f'</Error>'.encode()
-            self.send(403 if refused else 404, {'Content-Type': 'application/xml'}, body)
+            self.storage_error(refused)
             return
         self.serve_bytes(data)
+
+    def storage_error(self, refused: Optional[str]) -> None:
+        """What the storage answers a refused URL (403, ``refused`` says why) or a missing object (404), S3-style."""
+        code = 'AccessDenied' if refused else 'NoSuchKey'
+        body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{refused}</Message>' \
+               f'</Error>'.encode()
+        self.send(403 if refused else 404, {'Content-Type': 'application/xml'}, body)
 
     def serve_bytes(self, data: bytes) -> None:
         fault = self.hub.fault
@@ -588,10 +592,7 @@ class _CdnHandler(_Handler):
         refused = self.hub.check_xorb_url(raw_path, query, range_header)
         found = self.hub.xorb(xorb_hash)
         if refused or found is None:
-            code = 'AccessDenied' if refused else 'NoSuchKey'
-            body = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{refused}</Message>' \
-                   f'</Error>'.encode()
-            self.send(403 if refused else 404, {'Content-Type': 'application/xml'}, body)
+            self.storage_error(refused)
             return
         file, xorb = found
         first, last = _byte_range(range_header, len(xorb.body)) or (0, -1)

@@ -170,12 +170,19 @@ def test_a_slow_transfer_that_keeps_delivering_outlives_the_read_timeout(local_h
     assert local_hub.count('GET', WEIGHTS, server='cdn') == 1
 
 
-def test_a_cdn_that_ignores_range_is_read_again_from_the_start(local_hub, sknet18_small):
-    """A resume answered with 200 and the whole body must replace the partial file, not be appended to it."""
+def test_a_cdn_that_ignores_range_never_yields_a_spliced_file(local_hub, hf_cache, sknet18_small):
+    """The first request closes at the middle; the resume is answered with 200 and the whole body, as some proxies
+    do. huggingface_hub 2.x resumes and restarts from byte 0; 1.18 gives up at once. Either way no load returns, and
+    no cache keeps, half a file followed by the whole one."""
     _serve(local_hub, sknet18_small)
     local_hub.fault = 'ignore-range'
-    assert_served_weights(load_small_sknet18(), sknet18_small)
-    assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
+    try:
+        model = load_small_sknet18()
+    except WeightsError as err:
+        assert 'connection broke' in str(err) and _cache_files(hf_cache) == []
+    else:
+        assert_served_weights(model, sknet18_small)
+        assert local_hub.count('GET', WEIGHTS, server='cdn') == 2
 
 
 # ---- hf-hub: names ------------------------------------------------------------------------------------------
