@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 import timm
 
 __all__ = [
-    'ServedWeights', 'hf_cache', 'local_hub', 'point_hub_client_at', 'sknet18_small', 'sknet50_full',
+    'ServedWeights', 'hf_cache', 'local_hub', 'point_hub_client_at', 'sknet18_full', 'sknet18_small', 'sknet50_full',
     'dead_endpoint', 'child_env', 'REPO_ROOT', 'SMALL', 'SKNET18_REPO', 'SKNET50_REPO',
     'load_small_sknet18', 'assert_served_weights',
 ]
@@ -64,6 +64,11 @@ def _make(name: str, seed: int, **kwargs) -> ServedWeights:
 @pytest.fixture(scope='session')
 def sknet18_small() -> ServedWeights:
     return _make('sknet18', seed=18, **SMALL)
+
+
+@pytest.fixture(scope='session')
+def sknet18_full() -> ServedWeights:
+    return _make('sknet18', seed=18)
 
 
 @pytest.fixture(scope='session')

@@ -12,7 +12,7 @@ from .errors import WeightsError
 from .layers import SelectiveKernel, SelectiveKernelAttn, SEModule, select_paths
 from .models import SKBasicBlock, SKBottleneck, SKNet
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
     'SEModule', 'SKBasicBlock', 'SKBottleneck', 'SKNet', 'SelectiveKernel', 'SelectiveKernelAttn',

@@ -1,0 +1,63 @@
+"""Ready to publish: ``python -m build`` makes an sdist and a wheel that ``twine check --strict`` accepts, and the
+wheel's metadata says what pyproject.toml, the package and the changelog say."""
+import email
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+from installed_package import REPO, copy_sources
+
+import timm_sknet
+
+
+@pytest.fixture(scope='module')
+def dist(tmp_path_factory) -> Path:
+    """``python -m build`` (sdist, then the wheel from the sdist) of a clean copy of the sources."""
+    source, out = copy_sources(tmp_path_factory.mktemp('source')), tmp_path_factory.mktemp('dist')
+    proc = subprocess.run([sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(out), str(source)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _wheel_metadata(dist: Path) -> email.message.Message:
+    wheel = next(dist.glob('*.whl'))
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))
+        return email.message_from_bytes(z.read(name))
+
+
+def test_twine_accepts_the_sdist_and_the_wheel(dist):
+    files = sorted(str(p) for p in dist.iterdir())
+    assert sorted(Path(f).suffix for f in files) == ['.gz', '.whl']
+    proc = subprocess.run([sys.executable, '-m', 'twine', 'check', '--strict', *files], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count('PASSED') == 2, proc.stdout + proc.stderr
+
+
+def test_the_wheel_metadata_is_pyprojects_and_the_packages(dist):
+    project = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
+    meta = _wheel_metadata(dist)
+    assert meta['Name'] == project['name'] and meta['Version'] == timm_sknet.__version__
+    assert meta['License-Expression'] == project['license'] == 'Apache-2.0'
+    assert meta.get_all('License-File') == ['LICENSE']
+    assert meta['Summary'] == project['description'] and meta['Requires-Python'] == project['requires-python']
+    assert sorted(meta.get_all('Requires-Dist')[:len(project['dependencies'])]) == sorted(project['dependencies'])
+    assert sorted(meta.get_all('Classifier')) == sorted(project['classifiers'])
+    urls = dict(u.split(', ', 1) for u in meta.get_all('Project-URL'))
+    assert urls == project['urls'] and all(u.startswith('https://') for u in urls.values())
+    assert meta['Description-Content-Type'] == 'text/markdown'
+    assert meta.get_payload().strip() == (REPO / 'README.md').read_text(encoding='utf-8').strip()
+    with zipfile.ZipFile(next(dist.glob('*.whl'))) as z:
+        assert any(n.endswith('.dist-info/licenses/LICENSE') for n in z.namelist())
+
+
+def test_the_changelog_describes_this_version():
+    entries = re.findall(r'^## (\S+) \((\d{4}-\d\d-\d\d)\)$', (REPO / 'CHANGELOG.md').read_text(), re.M)
+    assert entries and entries[0][0] == timm_sknet.__version__, entries
+    versions = [tuple(int(x) for x in v.split('.')) for v, _ in entries]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
