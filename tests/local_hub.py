@@ -1,7 +1,7 @@
 """A Hugging Face Hub on loopback for tests: the Hub on 127.0.0.1 and its CDN on 127.0.0.2, real HTTP.
 
 It answers what huggingface_hub 2.x reads (``file_download.get_hf_file_metadata``, ``utils/_http.py``,
-``utils/_xet.py``), the way huggingface.co answers it:
+``utils/_xet.py``), the way the real Hub answers it:
 
 - A small file (``config.json``, ``README.md``): ``HEAD``/``GET {hub}/{repo}/resolve/{rev}/{path}`` answer 200
   with ``X-Repo-Commit`` and ``ETag: "<git blob sha1>"``. A weights file is served that way too when its path is
