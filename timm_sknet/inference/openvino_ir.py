@@ -17,6 +17,7 @@ from torch import nn
 from ..file_io import atomic_folder
 from .backends import openvino_hint, openvino_model, openvino_runner
 from .export import resolve_input_size
+from .openvino_runtime import core
 from .optimized_model import OptimizationError, OptimizedModel, verify
 
 __all__ = ['compile_config', 'export_openvino']
@@ -36,7 +37,7 @@ def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: s
     ov_model, names = openvino_model(model.eval(), precision, size, calibration)
     with atomic_folder(out_dir) as tmp:
         ov.save_model(ov_model, str(tmp / 'model.xml'), compress_to_fp16=False)
-        runner = openvino_runner(ov.Core().read_model(str(tmp / 'model.xml')), precision, names == ['output'])
+        runner = openvino_runner(core().read_model(str(tmp / 'model.xml')), precision, names == ['output'])
         saved = OptimizedModel(runner, 'openvino', precision, size, 'the saved IR')
         x = torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         try:
