@@ -53,6 +53,8 @@ def read_file_list(file_list: str) -> List[Path]:
     folder. They are not checked here: a missing one is a failed image of the run, not the end of it."""
     if file_list == '-':
         lines = sys.stdin.read().splitlines()
+    elif not Path(file_list).is_file():
+        raise FileNotFoundError(f'file list not found: {file_list} (one image path a line; - reads stdin)')
     else:
         lines = Path(file_list).read_text(encoding='utf-8').splitlines()
     return [Path(line) for line in lines if line.strip()]
