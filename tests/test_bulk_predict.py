@@ -172,7 +172,7 @@ def test_a_killed_run_resumed_equals_an_uninterrupted_one(capsys, tmp_path):
     images = [tmp_path / f'{i:02d}.png' for i in range(11)]
     for i, path in enumerate(images):
         shutil.copy(SAMPLES[i % len(SAMPLES)], path)
-    images[3] = images[1]  # a path listed twice is predicted twice
+    images[8] = images[1]  # listed twice, before the kill and after it: predicted twice
     blocker = images[6]
     blocker.unlink()
     os.mkfifo(blocker)
