@@ -171,7 +171,9 @@ class BatchPredictor:
     Args:
         model: a registered model name (``timm.create_model``), or a built classifier.
         pretrained: with a name, load its pretrained weights.
-        backend, precision, calibration: as :func:`timm_sknet.inference.optimize`.
+        backend: as :func:`timm_sknet.inference.optimize` ('auto', 'eager', 'inductor', 'onnxruntime', 'openvino').
+        precision: as ``optimize`` ('fp32', 'bf16', 'int8').
+        calibration: int8 only, as ``optimize``.
         img_size: input size (default: the model's pretrained_cfg); preprocessing is timm's eval transform.
         topk: classes per image (at most the number of classes).
         embeddings: also return pre_logits (``forward_head(pre_logits=True)``), from the same forward pass.
