@@ -152,7 +152,7 @@ class _WithPreLogits(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a timm classifier: forward_features, forward_head, get_classifier
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         pre_logits = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
@@ -195,7 +195,8 @@ class BatchPredictor:
         self.transform = create_transform(**self.data_config, is_training=False)
         self.labels = class_names(model)
         self.topk = min(topk, len(self.labels))
-        self.embedding_size = (getattr(model, 'head_hidden_size', None) or model.num_features) if embeddings else 0
+        width = getattr(model, 'head_hidden_size', None) or getattr(model, 'num_features')
+        self.embedding_size = int(width) if embeddings else 0
         self.model = optimize(_WithPreLogits(model) if embeddings else model, backend, precision,
                               input_size=self.data_config['input_size'], calibration=calibration)
         self.columns = ['path', *(f'{what}_{rank}' for rank in range(1, self.topk + 1)
@@ -229,7 +230,8 @@ class BatchPredictor:
         good = [i for i, (x, _) in enumerate(decoded) if x is not None]
         embeddings = np.full((len(paths), self.embedding_size), np.nan, dtype=np.float32)
         if good:
-            predicted, pre_logits = self.predict([paths[i] for i in good], torch.stack([decoded[i][0] for i in good]))
+            images = torch.stack([x for x, _ in decoded if x is not None])
+            predicted, pre_logits = self.predict([paths[i] for i in good], images)
             for i, row in zip(good, predicted):
                 rows[i] = dict(row, error='')
             if pre_logits is not None:
