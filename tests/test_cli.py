@@ -230,7 +230,6 @@ def test_list_and_main_job_still_work(capsys, tmp_path):
 
 @pytest.mark.parametrize('argv, message', [
     (['predict', '{missing}'], 'image file not found'),
-    (['predict', '{bad}'], 'is not an image'),
     (['predict', '{image}', '--model', 'sknet7'], 'unknown model'),
     (['predict', '{image}', '--model', 'sknet18', '--checkpoint', '{missing}'], 'checkpoint file not found'),
     (['predict', '{image}', '--model', 'sknet34', '--checkpoint', '{ckpt}'], 'does not fit sknet34'),

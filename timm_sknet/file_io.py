@@ -4,6 +4,9 @@ Every writer in the package goes through :func:`atomic_file` or :func:`atomic_fo
 under a temporary name in the destination's folder (same file system) and renamed into place only when it
 is complete, so a reader, or a process that crashed mid-write, never finds a partial file under the final
 name. Temporary names are unique (``mkstemp`` / ``mkdtemp``), so concurrent writers never share one.
+Files that grow record by record (bulk predictions) go through :func:`append_durably` and
+:func:`drop_partial_line`: every record is on disk before the next is written, and a record a killed writer
+left half-written is cut off before the file is appended to again.
 """
 import hashlib
 import os
@@ -14,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-__all__ = ['atomic_file', 'atomic_folder', 'git_blob_sha1', 'sha256_file', 'write_text_atomic']
+__all__ = ['append_durably', 'atomic_file', 'atomic_folder', 'drop_partial_line', 'git_blob_sha1', 'sha256_file',
+           'write_text_atomic']
 
 PathLike = Union[str, os.PathLike]
 _CHUNK = 1 << 20
@@ -107,3 +111,30 @@ def sha256_file(path: PathLike) -> str:
 def git_blob_sha1(path: PathLike) -> str:
     """The id git (and the Hub, for a non-LFS file) gives a file: sha1 of ``b'blob <size>\\0' + content``."""
     return _hash_file(hashlib.sha1(b'blob %d\0' % os.path.getsize(path)), path)
+
+
+def append_durably(path: PathLike, data: bytes) -> None:
+    """Append ``data`` to ``path`` (created if missing) and return only once it is on disk (flush + fsync)."""
+    with open(path, 'ab') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def drop_partial_line(path: PathLike) -> int:
+    """Cut ``path`` after its last newline, dropping a line a killed writer left half-written; the new size."""
+    size = end = os.path.getsize(path)
+    with open(path, 'rb+') as f:
+        while end > 0:
+            start = max(0, end - _CHUNK)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b'\n')
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        if end != size:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    return end

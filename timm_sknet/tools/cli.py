@@ -4,6 +4,7 @@ With no subcommand it runs the main job: the model table, then the embedded mode
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,6 +18,7 @@ from ..errors import WeightsError
 from ..hub.failures import hub_model_errors
 from ..models.checkpoint import CheckpointError, model_from_checkpoint
 from ..models.complexity import PUBLISHED, measure
+from .bulk import class_names  # noqa: F401  (part of this module's API before bulk.py)
 from .images import ImageError
 
 __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
@@ -25,6 +27,8 @@ __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
 #: ``FileExistsError`` / ``FileNotFoundError`` come from the writers (existing output folder, missing folder).
 USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError, CheckpointError,
                FloatingPointError)
+#: ``predict --workers``: DataLoader processes decoding images
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 class CLIError(Exception):
@@ -122,33 +126,6 @@ def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
     return calibration_batches(model, args.calibration_dir, num_images=args.calibration_images, input_size=input_size)
 
 
-def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Module:
-    """``model`` through ``timm_sknet.inference.optimize`` at ``--backend`` / ``--precision``."""
-    from ..inference import BackendUnavailable, OptimizationError, optimize
-    try:
-        calibration = _calibration(model, args, input_size)
-        optimized = optimize(model, args.backend, args.precision, input_size=input_size, calibration=calibration)
-    except (BackendUnavailable, OptimizationError) as e:
-        raise CLIError(str(e)) from None
-    print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): {optimized.description}',
-          file=sys.stderr)
-    return optimized
-
-
-def class_names(model: nn.Module) -> List[str]:
-    """Readable class names: ImageNet's for a 1000-class head, the cfg's ``label_names``, else indices."""
-    num_classes = int(getattr(model, 'num_classes', 0) or 0)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(num_classes)]
-    labels = cfg.get('label_names')
-    if labels and len(labels) == num_classes:
-        return [str(x) for x in labels]
-    return [f'class {i}' for i in range(num_classes)]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # subcommands: one _cmd_<name> and one _add_<name>_parser each
 # ---------------------------------------------------------------------------------------------------------
@@ -164,43 +141,62 @@ def _add_list_parser(sub) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from timm.data import create_transform
+    from ..inference import BackendUnavailable, OptimizationError
+    from .bulk import BatchPredictor, find_images
+    from .bulk_output import PredictionFiles, Printer, check_paths, run_bulk
 
-    from .images import load_image
-    from .progress import progress
-
-    if args.topk < 1:
-        raise CLIError(f'--topk must be >= 1, got {args.topk}')
-    images = [load_image(p) for p in args.images]  # fail on a bad file before building the model
+    if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
+        raise CLIError('--topk and --batch-size must be >= 1, --workers >= 0')
+    if not args.images and args.file_list is None:
+        raise CLIError('give image files, folders or globs, or --file-list FILE')
+    output, embeddings = (Path(p) if p else None for p in (args.output, args.embeddings))
+    try:
+        check_paths(output, embeddings, args.resume)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    paths = find_images(args.images, args.file_list)  # usage mistakes before the model is built
     model = load_model(args.model, args.pretrained, args.checkpoint)
     _warn_random(args)
-    if not getattr(model, 'num_classes', 0):
-        raise CLIError(f'{args.model} has no classifier head (num_classes=0): nothing to predict')
-    config = _data_config(model, args.img_size)
-    transform = create_transform(**config, is_training=False)
-    names = class_names(model)
-    model = _optimized(model, args, config['input_size'])
-    k = min(args.topk, len(names))
-    batches = [list(range(i, min(i + args.batch_size, len(images)))) for i in range(0, len(images), args.batch_size)]
-    for batch in progress(batches, total=len(batches), desc='predict'):
-        x = torch.stack([transform(images[i]) for i in batch])
-        with torch.inference_mode():
-            probs = model(x).float().softmax(dim=-1)
-        top = probs.topk(k, dim=-1)
-        for row, i in enumerate(batch):
-            print(f'{args.images[i]}:')
-            for rank, (p, c) in enumerate(zip(top.values[row].tolist(), top.indices[row].tolist()), 1):
-                print(f'  {rank}. {p * 100:6.2f}%  {names[c]} ({c})')
-    return 0
+    try:
+        calibration = _calibration(model, args, _data_config(model, args.img_size)['input_size'])
+        predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
+                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration)
+        optimized = predictor.model
+        print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): '
+              f'{optimized.description}', file=sys.stderr)
+        sink = (PredictionFiles(output, predictor.columns, embeddings, predictor.embedding_size) if output
+                else Printer(predictor.topk))
+    except (ValueError, BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    _, failed = run_bulk(predictor, paths, sink, batch_size=args.batch_size, workers=args.workers)
+    return 1 if failed else 0
 
 
 def _add_predict_parser(sub) -> None:
-    p = sub.add_parser('predict', help='top-k classes of images')
-    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    from .bulk import IMAGE_EXTENSIONS
+    p = sub.add_parser(
+        'predict', help='top-k classes of image files, folders, globs or a file list (printed, or CSV/JSONL)',
+        description='Top-k classes of every image named: printed, or written to --output FILE. A file that cannot be '
+                    'read is reported on stderr (and in OUTPUT.errors.csv) and skipped. Exit status: 0 every image '
+                    'predicted, 1 some could not be read (the others were), 2 a usage error (nothing was done).')
+    p.add_argument('images', nargs='*', metavar='IMAGE',
+                   help=f'image files, folders (searched recursively for {" ".join(IMAGE_EXTENSIONS)}) or quoted '
+                        "globs ('photos/**/*.jpg')")
+    p.add_argument('--file-list', metavar='FILE', default=None,
+                   help='a file naming one image a line (relative to the current folder; - reads stdin)')
     _add_model_args(p)
-    p.add_argument('--topk', type=int, default=5, help='classes to show per image (default: 5)')
+    p.add_argument('--topk', type=int, default=5, help='classes per image (default: 5)')
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: 8)')
+    p.add_argument('--workers', type=int, default=DEFAULT_WORKERS,
+                   help=f'DataLoader processes decoding images; the model runs in the main process '
+                        f'(default: {DEFAULT_WORKERS}, min(4, CPUs); 0 decodes in the main process)')
+    p.add_argument('--output', metavar='FILE', default=None,
+                   help='write rows to FILE (.csv or .jsonl): path, then label_i, index_i, probability_i of the top k')
+    p.add_argument('--embeddings', metavar='FILE', default=None,
+                   help="also write each image's pre_logits to FILE (.npy or .safetensors), row i = output row i")
+    p.add_argument('--resume', action='store_true',
+                   help='continue an interrupted run of the same command: only images without a row or error yet')
     _add_runtime_args(p, default_backend='eager')
     p.set_defaults(func=_cmd_predict)
 
