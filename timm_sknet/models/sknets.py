@@ -32,6 +32,7 @@ from timm.models.resnet import ResNet
 from ..errors import WeightsError
 from ..hub.download import pretrained_kwargs
 from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
+from ..hub.provenance import stamp_loaded_weights
 from ..layers import SelectiveKernel, SelectiveKernelAttn, bn_act_parts, fold_batchnorm, fold_sequential, is_batchnorm
 from .blocks import SKBasicBlock, SKBottleneck
 from .feature_extractors import feature_kwargs
@@ -197,10 +198,25 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
                 f'Pretrained tags that exist: {", ".join(available) or "none"}. Use pretrained=False to '
                 f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
         # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see timm_sknet/hub/download.py).
-        kwargs = pretrained_kwargs(variant, cfg, kwargs)
+        model = build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(pretrained_kwargs(variant, cfg, kwargs)))
+        _stamp_if_the_tags_own(model, variant, cfg, kwargs)
+        return model
     # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
-    kwargs = feature_kwargs(kwargs)
-    return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
+    return build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(kwargs))
+
+
+def _stamp_if_the_tags_own(model: nn.Module, variant: str, cfg, kwargs: Dict[str, Any]) -> None:
+    """Stamp ``model`` with its tag when the weights just loaded are the tag's own (its registered source, not a
+    file, folder or Hub repository the user named), for the model card (``timm_sknet.hub.provenance``)."""
+    registered = timm.models.get_pretrained_cfg(f'{variant}.{cfg.tag}') if cfg.tag and not cfg.source else None
+    if registered is None or kwargs.get('features_only'):
+        return
+    ours = (cfg.state_dict, cfg.file, cfg.url, (cfg.hf_hub_id or '').partition('@')[0])
+    if ours != (registered.state_dict, registered.file, registered.url, registered.hf_hub_id or ''):
+        return
+    exact = (getattr(model, 'num_classes', None) == registered.num_classes
+             and kwargs.get('in_chans', 3) == registered.input_size[0])
+    stamp_loaded_weights(model, f'{variant}.{cfg.tag}', exact)
 
 
 def _convert_caffe_hint(variant: str) -> str:
