@@ -107,3 +107,17 @@ def test_an_unreachable_hub_suggests_the_offline_routes_in_the_contexts_words(ca
     cli = _cli_error(capsys, 'convert', tmp_path / 'out', '--model', 'sknet18', '--pretrained')
     assert 'set HF_HUB_OFFLINE=1' in cli and '--checkpoint /path/to/model.safetensors' in cli
     assert '--model local-dir:/path/to/folder' in cli and not [w for w in PYTHON_WORDS if w in cli], cli
+
+
+def test_convert_writes_what_the_user_states_about_their_weights(capsys, tmp_path):
+    import yaml
+
+    from timm_sknet.hub import export_hub_folder
+    export_hub_folder(timm.create_model('sknet_tiny', num_classes=3), tmp_path / 'mine')   # "trained by the user"
+    argv = ['convert', str(tmp_path / 'out'), '--model', f'local-dir:{tmp_path / "mine"}', '--pretrained',
+            '--dataset', 'me/shapes', '--dataset', 'me/more', '--license', 'cc-by-4.0']
+    assert main(argv) == 0
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    meta = yaml.safe_load(card.split('\n---\n')[0].removeprefix('---\n'))
+    assert meta['datasets'] == ['me/shapes', 'me/more'] and meta['license'] == 'cc-by-4.0'
+    assert '- **Trained on:** me/shapes, me/more\n' in card

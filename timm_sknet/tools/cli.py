@@ -163,7 +163,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _add_list_parser(sub) -> None:
-    p = sub.add_parser('list', help='registered models with measured and published params/GMACs')
+    p = sub.add_parser('list', help="the model table: measured params and GMACs, the published top-1 of the weights "
+                                    "pretrained=True loads, the paper's figures")
     p.set_defaults(func=_cmd_list)
 
 
@@ -325,7 +326,8 @@ def _add_export_parser(sub) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from ..hub import export_hub_folder
-    common = dict(repo_id=args.repo_id, overwrite=args.overwrite)
+    common = dict(repo_id=args.repo_id, overwrite=args.overwrite, license=args.license, description=args.description,
+                  datasets=args.dataset)  # None: the card states what is known of the weights, else "unknown"
     out_dir = Path(args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
         raise CLIError(f'{out_dir} exists and is not empty; pass --overwrite to replace it, or choose another OUT')
@@ -335,7 +337,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out = export_hub_folder(load_model(args.model, pretrained=True), args.out, **common)
     else:
         raise CLIError('convert needs weights: pass --checkpoint FILE or --pretrained')
-    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True) after import timm_sknet")
+    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True), or --model local-dir:{out}")
     return 0
 
 
@@ -344,6 +346,12 @@ def _add_convert_parser(sub) -> None:
     p.add_argument('out', metavar='OUT', help='folder to create')
     _add_model_args(p)
     p.add_argument('--repo-id', default=None, help='the Hub repo meant for it (used in the model card)')
+    p.add_argument('--dataset', action='append', default=None, metavar='HUB_ID',
+                   help="what the weights were trained on, for the model card (repeatable; default: the pretrained "
+                        "tag's data set when the weights are its own, else unknown)")
+    p.add_argument('--license', default=None,
+                   help="the weights' license (default: the pretrained tag's when the weights are its own, else none)")
+    p.add_argument('--description', default=None, help="the model card's opening paragraph (default: a generic one)")
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty OUT (atomically)')
     p.set_defaults(func=_cmd_convert)
 
@@ -357,7 +365,7 @@ def _cmd_convert_caffe(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     config = json.loads((out / 'config.json').read_text(encoding='utf-8'))
     print(f"wrote {out} ({config['architecture']}); load it with timm.create_model('local-dir:{out}', "
-          f'pretrained=True) after import timm_sknet')
+          f'pretrained=True), or --model local-dir:{out}')
     return 0
 
 
