@@ -142,3 +142,53 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / 'site' / 'reference' / 'layers' / 'index.html').read_text().count('SelectiveKernel') > 5
+
+
+SITE = 'https://timm-sknet.github.io/timm-sknet/'
+GITHUB_FILE = 'https://github.com/timm-sknet/timm-sknet/blob/main/'
+
+
+@pytest.mark.parametrize('page', ['README.md', 'weights_card.md'])
+def test_links_work_on_pypi_github_and_the_site(page):
+    """PyPI shows the README without the repository, so its links are absolute; the weights card is read on GitHub
+    and inside the site. Links into the site and the repository name pages and files that exist."""
+    targets = re.findall(r'\]\(([^)\s]+)\)', (REPO / page).read_text(encoding='utf-8'))
+    assert targets and [t for t in targets if not t.startswith(('https://', '#'))] == []
+    for target in targets:
+        if target.startswith(SITE):
+            name = target[len(SITE):].split('#')[0].strip('/') or 'index'
+            assert (REPO / 'docs' / f'{name}.md').exists(), target
+        elif target.startswith(GITHUB_FILE):
+            assert (REPO / target[len(GITHUB_FILE):]).exists(), target
+
+
+def test_the_documentation_url_is_where_the_site_is_served():
+    import tomllib
+    import yaml
+    urls = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['urls']
+    assert urls['Documentation'] == SITE == yaml.safe_load((REPO / 'mkdocs.yml').read_text())['site_url']
+
+
+def _page(name: str) -> str:
+    return ' '.join((REPO / name).read_text(encoding='utf-8').split())
+
+
+def test_facts_the_pages_state_are_the_codes():
+    """What a page says that the code knows: the model list's order, training defaults, optimize's tolerances."""
+    import timm
+
+    from timm_sknet.inference import TOLERANCES
+    from timm_sknet.inference.optimized_model import INT8_MIN_TOP1_AGREEMENT
+    from timm_sknet.tools.help_format import Parser
+    from timm_sknet.tools.train_args import add_train_arguments
+
+    assert repr(timm.list_models('sknet*')[:5])[:-1] in _page('docs/getting-started.md')
+    d = add_train_arguments(Parser()).parse_args([])
+    assert (f'`{d.model}`, {d.opt[:4].capitalize()}{d.opt[4:].upper()} at lr {d.lr:g} with weight decay '
+            f'{d.weight_decay:g}, a {d.sched} schedule with {["no", "one"][d.warmup_epochs]} warm-up epoch, '
+            f'{d.epochs} epochs, {d.batch_size} images per process and step, label smoothing {d.smoothing:g}'
+            ) in _page('docs/training.md').replace('1e-3', f'{1e-3:g}')
+    stated = re.search(r'within (\S+) of its largest output in fp32, (\S+) in bf16, and (\S+) in int8 with the same '
+                       r'top-1 class on at least (\d+) %', _page('docs/inference.md'))
+    assert [float(x) for x in stated.groups()] == [TOLERANCES['fp32'], TOLERANCES['bf16'], TOLERANCES['int8'],
+                                                   INT8_MIN_TOP1_AGREEMENT * 100]

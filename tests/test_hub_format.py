@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 from hub_fixtures import *  # noqa: F401,F403  (fixtures)
-from hub_fixtures import SMALL
+from hub_fixtures import SKNET18_REPO, SMALL, load_small_sknet18
 
 import timm
 
@@ -33,8 +33,10 @@ def _logits(model, x):
 
 
 def _front_matter(readme: str) -> dict:
-    assert readme.startswith('---\n')
-    return yaml.safe_load(readme.split('---\n')[1])
+    """The YAML between the card's first line ``---`` and the next line that is exactly ``---``."""
+    lines = readme.split('\n')
+    assert lines[0] == '---'
+    return yaml.safe_load('\n'.join(lines[1:lines.index('---', 1)]))
 
 
 def test_export_writes_the_hub_layout_with_a_model_card(trained, tmp_path):
@@ -45,9 +47,8 @@ def test_export_writes_the_hub_layout_with_a_model_card(trained, tmp_path):
     assert config['model_args']['layers'] == [1, 1, 1, 1]
     meta = _front_matter((out / 'README.md').read_text())
     assert meta['library_name'] == 'timm'
-    assert meta['license'] == 'apache-2.0'
-    assert 'datasets' not in meta, 'a re-headed (5-class) model is not the ImageNet model its tag names'
-    assert '**Trained on:** not recorded' in (out / 'README.md').read_text()
+    assert 'license' not in meta and 'datasets' not in meta, 'random weights are not those its tag names'
+    assert '**Trained on:** unknown' in (out / 'README.md').read_text()
     assert {'timm', 'image-classification'} <= set(meta['tags'])
     digest = hashlib.sha256((out / 'model.safetensors').read_bytes()).hexdigest()
     assert meta['weights_sha256'] == {'model.safetensors': digest}
@@ -136,25 +137,58 @@ def test_existing_folder_is_kept_unless_overwrite(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['export']
 
 
-@pytest.mark.parametrize('tag, num_classes, datasets, trained_on', [
-    ('sknet_tiny.synthetic', None, None, "timm-sknet's synthetic multi-scale shapes"),
-    ('sknet18.ra_in1k', None, ['imagenet-1k'], 'ImageNet-1k'),
-    ('sknet18.ra_in1k', 7, None, 'not recorded'),
-])
-def test_the_model_card_states_the_weights_true_dataset(tag, num_classes, datasets, trained_on, tmp_path):
-    kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-    model = timm.create_model(tag, **SMALL if tag.startswith('sknet18') else {}, **kwargs)
-    readme = (export_hub_folder(model, tmp_path / 'export') / 'README.md').read_text()
-    meta = _front_matter(readme)
-    assert meta.get('datasets') == datasets
-    assert meta['license'] == model.pretrained_cfg['license'] == 'apache-2.0'
-    assert f'**Trained on:** {trained_on}' in readme
+def _card_and_config(model, folder):
+    out = export_hub_folder(model, folder)
+    readme = (out / 'README.md').read_text()
+    return _front_matter(readme), readme, json.loads((out / 'config.json').read_text())['pretrained_cfg']
 
 
-def test_explicit_card_metadata_wins(trained, tmp_path):
-    out = export_hub_folder(trained, tmp_path / 'export', datasets=['my-org/flowers'], license='cc-by-4.0')
+def test_a_pretrained_models_card_names_its_weights_data_and_license(tmp_path):
+    model = timm.create_model('sknet_tiny.synthetic', pretrained=True)   # the embedded weights, loaded by timm
+    meta, readme, cfg = _card_and_config(model, tmp_path / 'tiny')
+    assert meta['license'] == cfg['license'] == 'apache-2.0' and cfg['tag'] == 'synthetic'
+    assert "timm-sknet's synthetic multi-scale shapes" in readme and '`sknet_tiny.synthetic`, unchanged' in readme
+    assert 'base_model' not in meta
+
+
+def test_a_hub_pretrained_model_is_imagenet_and_a_reheaded_one_only_started_from_it(
+        local_hub, sknet18_small, tmp_path):
+    local_hub.add_commit(SKNET18_REPO, {'model.safetensors': sknet18_small.data})
+    meta, readme, cfg = _card_and_config(load_small_sknet18(), tmp_path / 'in1k')
+    assert meta['datasets'] == ['imagenet-1k'] and meta['license'] == 'apache-2.0' and cfg['tag'] == 'ra_in1k'
+    assert f'(Hub repository `{SKNET18_REPO}`), unchanged' in readme
+    meta, readme, cfg = _card_and_config(load_small_sknet18(num_classes=7), tmp_path / 'reheaded')
+    assert 'datasets' not in meta and 'license' not in meta and 'tag' not in cfg and 'license' not in cfg
+    assert meta['base_model'] == SKNET18_REPO
+    assert '**Trained on:** unknown' in readme and 'started from the weights of `sknet18.ra_in1k`' in readme
+
+
+def test_random_and_fine_tuned_weights_claim_nothing(tmp_path):
+    """A model created with a tag's cfg but random weights, and a pretrained one trained one step since."""
+    random_init = timm.create_model('sknet_tiny.synthetic')               # the tag's cfg, not its weights
+    tuned = timm.create_model('sknet_tiny.synthetic', pretrained=True)
+    tuned(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean().backward()
+    torch.optim.SGD(tuned.parameters(), lr=1e-3).step()
+    for name, model in (('random', random_init), ('tuned', tuned)):
+        meta, readme, cfg = _card_and_config(model, tmp_path / name)
+        assert 'datasets' not in meta and 'license' not in meta, name
+        assert not {'tag', 'license', 'notes'} & set(cfg), name
+        assert '- **Trained on:** unknown\n' in readme, name
+    assert 'randomly initialised' in (tmp_path / 'random' / 'README.md').read_text()
+    assert 'started from the weights of `sknet_tiny.synthetic`' in (tmp_path / 'tuned' / 'README.md').read_text()
+
+
+def test_what_the_exporter_states_is_written_and_hostile_strings_stay_strings(trained, tmp_path):
+    from huggingface_hub import ModelCard
+    hostile = 'a: b\n---\nlicense: mit\n"quoted" \'single\' # not a comment'
+    out = export_hub_folder(trained, tmp_path / 'export', datasets=['my-org/flowers', hostile], license=hostile,
+                            tags=[hostile, '- x'], description=hostile)
     meta = _front_matter((out / 'README.md').read_text())
-    assert meta['datasets'] == ['my-org/flowers'] and meta['license'] == 'cc-by-4.0'
+    assert meta['datasets'] == ['my-org/flowers', hostile] and meta['license'] == hostile
+    assert {hostile, '- x'} <= set(meta['tags']) and meta['library_name'] == 'timm'
+    card = ModelCard.load(out / 'README.md')   # the Hub's own parser
+    assert card.data.license == hostile and card.data.datasets == ['my-org/flowers', hostile]
+    assert json.loads((out / 'config.json').read_text())['pretrained_cfg']['license'] == hostile
 
 
 def test_config_json_has_class_names_at_the_root_and_no_num_classes_in_model_args(tmp_path):

@@ -5,10 +5,13 @@ import pytest
 
 import timm
 
-from timm_sknet.models.complexity import PUBLISHED, measure
+from timm_sknet.models.complexity import measure
+from timm_sknet.tools.cli import model_table
 
 CARD = (Path(__file__).resolve().parents[1] / 'weights_card.md').read_text(encoding='utf-8')
-TIMM_TOP1 = {'sknet18': '73.020', 'sknet34': '76.956', 'sknet50': '80.168'}
+#: ImageNet-1k top-1 of timm's files, from timm's results-imagenet.csv (224 px), keyed by the Hub repository
+TIMM_TOP1 = {'timm/skresnet18.ra_in1k': 73.020, 'timm/skresnet34.ra_in1k': 76.956,
+             'timm/skresnext50_32x4d.ra_in1k': 80.168}
 
 
 def _row(tag: str) -> str:
@@ -37,10 +40,9 @@ def test_every_pretrained_tag_has_a_true_row(tag):
     cfg = timm.models.get_pretrained_cfg(tag)
     row = _row(tag)
     assert f'`{cfg.hf_hub_id}`' in row and cfg.license in row
-    assert TIMM_TOP1[name] in row
+    assert f'{TIMM_TOP1[cfg.hf_hub_id]:.3f}' in row
     params, macs = measure(name)
     assert f'{params / 1e6:.2f} M' in row and f'{macs / 1e9:.3f}' in row
-    assert PUBLISHED[name].params_m == pytest.approx(params / 1e6, abs=0.06)
     assert (cfg.input_size, cfg.crop_pct, cfg.interpolation) == ((3, 224, 224), 0.875, 'bicubic')
 
 
@@ -48,3 +50,21 @@ def test_models_without_weights_are_named():
     for name in ('sknet101', 'sknet152'):
         assert not [t for t in timm.list_pretrained(f'{name}.*') if timm.models.get_pretrained_cfg(t).has_weights]
         assert name.replace('sknet', 'SKNet-') in CARD
+
+
+def test_the_model_tables_top1_is_that_of_the_file_pretrained_true_loads():
+    """One meaning per column: top-1 belongs to the default tag's file, '-' where the default loads nothing."""
+    lines = model_table().splitlines()
+    header = [c.strip() for c in lines[0].strip('| ').split(' | ')]
+    assert len(set(header)) == len(header) == 9
+    rows = {cells[0]: dict(zip(header, cells)) for cells in ([c.strip() for c in line.strip('| ').split(' | ')]
+                                                             for line in lines[2:])}
+    assert list(rows) == timm.list_models('sknet*')
+    for name, row in rows.items():
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert row['`pretrained=True` loads'] == (cfg.tag if cfg.has_weights else '-')
+        if cfg.hf_hub_id in TIMM_TOP1:
+            assert row['top-1'] == f'{TIMM_TOP1[cfg.hf_hub_id]:.2f}' and cfg.hf_hub_id.split('/')[1] in row['top-1 source']
+        else:
+            assert row['top-1'] == row['top-1 source'] == '-', name
+    assert rows['sknet50']['paper: top-1'] == '79.21' and rows['sknet18']['paper: top-1'] == '-'

@@ -22,9 +22,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from ..errors import WeightsError
+from ..errors import WeightsError, remedy
 from ..file_io import git_blob_sha1, sha256_file
-from .failures import Failure, describe
+from .failures import Failure, describe, is_offline, local_file
 from .pins import PINS, Pin
 
 __all__ = ['WEIGHTS_FILENAME', 'fetch_verified_weights', 'pretrained_kwargs']
@@ -43,13 +43,6 @@ def _split_hub_id(hf_hub_id: str) -> Tuple[str, Optional[str]]:
     if '@' in revision or not repo_id:
         raise WeightsError(f"Invalid hf_hub_id {hf_hub_id!r}: expected 'org/repo' or 'org/repo@<revision>'.")
     return repo_id, revision or None
-
-
-def _is_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set in the environment since."""
-    from huggingface_hub import constants
-    env = os.environ.get('HF_HUB_OFFLINE', '').strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in ('1', 'ON', 'YES', 'TRUE')
 
 
 def _digest_kind(etag: Optional[str]) -> Optional[Tuple[str, str]]:
@@ -95,8 +88,7 @@ def _verify(pointer: Path, pin: Optional[Pin], probed_etag: Optional[str], downl
                 f'integrity check failed: the {kind} of the {where} is {got}, but the Hub announced {expected}; '
                 'the corrupted cache entry was removed',
                 'Load again: the next load downloads a fresh copy. If it keeps failing, something alters the file '
-                '(proxy, antivirus, disk); fetch it another way and pass it with '
-                "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors').")
+                f'(proxy, antivirus, disk); fetch it another way and pass it with {local_file()}.')
     if pin is not None and actual != pin.sha256:
         if announced is None or announced[0] != 'sha256':
             _evict(pointer)
@@ -104,8 +96,8 @@ def _verify(pointer: Path, pin: Optional[Pin], probed_etag: Optional[str], downl
             f'integrity check failed: sha256 {actual} does not match the sha256 pinned in timm_sknet ({pin.sha256})'
             + ('; the file is what the Hub serves, so the repository changed since it was pinned'
                if announced is not None else '; the cache entry was removed'),
-            "Pin the verified revision as hf_hub_id='org/repo@<commit>' in the pretrained_cfg, or pass a "
-            "trusted file with pretrained_cfg_overlay=dict(file=...).")
+            remedy("Pin the verified revision as hf_hub_id='org/repo@<commit>' in the pretrained_cfg, or pass a "
+                   f'trusted file with {local_file()}.', f'Pass a trusted file with {local_file()}.'))
     if announced is None and pin is None:
         _logger.warning('Could not verify %s: no pinned sha256, and the digest the Hub announced is unknown '
                         '(a cache without symlinks). sha256=%s', pointer, actual)
@@ -167,21 +159,22 @@ def fetch_verified_weights(
     revision = revision or 'main'
     if not filename.endswith('.safetensors'):
         raise fail('timm_sknet only downloads safetensors weights, not pickles',
-                   'Convert the checkpoint with timm_sknet.hub.export_hub_folder, or pass it yourself with '
-                   "pretrained_cfg_overlay=dict(file=...) (loaded with torch.load(weights_only=True)).")
+                   remedy('Convert the checkpoint with timm_sknet.hub.export_hub_folder', 'Convert the checkpoint '
+                          'with `timm-sknet convert`') + f', or pass it yourself with {local_file()} (loaded with '
+                   'torch.load(weights_only=True)).')
     cache_dir = str(cache_dir or constants.HF_HUB_CACHE)
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     cached = cached if isinstance(cached, str) else None
-    if _is_offline() and cached is None:
+    if is_offline() and cached is None:
         raise fail(f'HF_HUB_OFFLINE is set and the file is not in the local cache ({cache_dir})',
                    'Download it once with the network on (unset HF_HUB_OFFLINE), or copy a filled cache there, or '
-                   "load a local file with pretrained_cfg_overlay=dict(file='/path/to/model.safetensors').")
+                   f'load a local file with {local_file()}.')
     try:
         meta = _probe(repo_id, filename, revision) if cached is None else None
     except Exception as err:
         raise describe(err, fail) from err
     try:
-        path = cached if _is_offline() else hf_hub_download(
+        path = cached if is_offline() else hf_hub_download(
             repo_id, filename, revision=revision, cache_dir=cache_dir, library_name=LIBRARY_NAME)
     except Exception as err:
         raise describe(err, fail, transfer=True, xet=_uses_xet(meta)) from err

@@ -5,18 +5,44 @@ answers, the HTTP client's (``httpx2.ReadTimeout``, ``RemoteProtocolError``, ...
 are not even ``OSError``, and hf_xet's for Xet transfers. :func:`describe` maps them all onto the one message
 format of :class:`Failure`; :func:`hub_model_errors` applies it around code that timm runs before any of ours (``hf-hub:`` config.json).
 """
+import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from ..errors import WeightsError
+from ..errors import WeightsError, remedy
 
-__all__ = ['Failure', 'describe', 'hub_model_errors', 'known_hub_failure']
+__all__ = ['Failure', 'describe', 'hub_model_errors', 'is_offline', 'known_hub_failure', 'local_file', 'local_folder',
+           'retry_or_go_local']
 
-RETRY_OR_GO_LOCAL = (
-    'Retry; to load without the network, fill the Hugging Face cache once (or copy a filled cache) and '
-    'set HF_HUB_OFFLINE=1, or load a local file with '
-    "pretrained_cfg_overlay=dict(file='/path/to/model.safetensors'), or an exported folder with "
-    "timm.create_model('local-dir:/path/to/folder', pretrained=True).")
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set in the environment since."""
+    from huggingface_hub import constants
+    env = os.environ.get('HF_HUB_OFFLINE', '').strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in ('1', 'ON', 'YES', 'TRUE')
+
+
+def local_file() -> str:
+    """How to load a weights file of one's own, in the caller's words (Python or command line)."""
+    return remedy("pretrained_cfg_overlay=dict(file='/path/to/model.safetensors')",
+                  '--checkpoint /path/to/model.safetensors')
+
+
+def local_folder() -> str:
+    """How to load an exported Hub-format folder, in the caller's words."""
+    return remedy("timm.create_model('local-dir:/path/to/folder', pretrained=True)",
+                  '--model local-dir:/path/to/folder')
+
+
+def retry_or_go_local() -> str:
+    """The remedy for a Hub that cannot be used now: retry, or load without the network (never a setting that is
+    already in effect)."""
+    if is_offline():
+        return (f'Unset HF_HUB_OFFLINE to download the file once (or copy a filled Hugging Face cache here), or '
+                f'load a local file with {local_file()}, or an exported folder with {local_folder()}.')
+    return ('Retry; to load without the network, fill the Hugging Face cache once (or copy a filled cache) and '
+            f'set HF_HUB_OFFLINE=1, or load a local file with {local_file()}, or an exported folder with '
+            f'{local_folder()}.')
 _TRANSPORT_MODULES = ('httpx', 'httpx2', 'httpcore', 'httpcore2')
 
 
@@ -30,7 +56,7 @@ class Failure:
         at = f'@{self.revision}' if self.revision else ''
         return WeightsError(
             f"Pretrained weights for {self.label} could not be loaded from Hugging Face Hub repo "
-            f"'{self.repo_id}{at}' (file {self.filename}): {what}. {remedy or RETRY_OR_GO_LOCAL}")
+            f"'{self.repo_id}{at}' (file {self.filename}): {what}. {remedy or retry_or_go_local()}")
 
 
 def is_transport_error(err: BaseException) -> bool:
@@ -46,25 +72,27 @@ def _hub_answer(err: BaseException, fail: Failure) -> Optional[WeightsError]:
         cause = err.__cause__ or err.__context__
         if cause is not None and cause is not err:
             return known_hub_failure(cause, fail)
-        return fail('the Hub could not be reached (or HF_HUB_OFFLINE is set) and the file is not in the local cache')
+        return fail('HF_HUB_OFFLINE is set and the file is not in the local cache' if is_offline() else
+                    'the Hub could not be reached and the file is not in the local cache')
     # most specific first: GatedRepoError is a RepositoryNotFoundError, both are HfHubHTTPError
     known = (
         (hf_errors.GatedRepoError, 'the repository is gated and no accepted access token was sent',
          'Accept its terms on the repository page, then log in (`hf auth login`) or set HF_TOKEN; or load a '
          'local file or folder.'),
         (hf_errors.RepositoryNotFoundError, 'the repository does not exist (or is private and no valid token was sent)',
-         'Check the repo id (hf_hub_id in the pretrained_cfg, or the hf-hub: name), or log in (`hf auth login`, '
+         'Check the repo id (' + remedy('hf_hub_id in the pretrained_cfg, or the hf-hub: name',
+                                        'the hf-hub: name given to --model') + '), or log in (`hf auth login`, '
          'HF_TOKEN) for a private repository.'),
         (hf_errors.RevisionNotFoundError, f'revision {fail.revision!r} does not exist in the repository',
          "Pin an existing branch, tag or commit as 'org/repo@<revision>'."),
         (hf_errors.EntryNotFoundError, 'the repository has no such file at this revision',
          f'Point to a repository that holds {fail.filename}, or convert the weights with '
-         'timm_sknet.hub.export_hub_folder.'),
+         + remedy('timm_sknet.hub.export_hub_folder.', '`timm-sknet convert`.')),
         (hf_errors.OfflineModeIsEnabled, 'HF_HUB_OFFLINE is set and the file is not in the local cache', None),
     )
-    for kind, what, remedy in known:
+    for kind, what, fix in known:
         if isinstance(err, kind):
-            return fail(what, remedy)
+            return fail(what, fix)
     if isinstance(err, hf_errors.HfHubHTTPError):
         status = getattr(getattr(err, 'response', None), 'status_code', None)
         if status is not None and status >= 500:

@@ -12,9 +12,11 @@ class count itself, and a second one is a ``TypeError``; timm reads it from the 
 and the class names are written at the root as ``label_names`` (transformers' ``id2label``), taken from the
 model's ``pretrained_cfg`` when the caller gives none.
 
-The card states what the weights were trained on only where that is known: from the timm tag the model was
-created with (``in1k`` -> ImageNet-1k, ``synthetic`` -> the package's synthetic shapes), and only while the
-classifier is still that tag's (a re-headed model is a new model). ``datasets=`` / ``license=`` override it.
+The card and ``config.json`` say what the weights are only where that is known: when the model holds a pretrained
+tag's weights exactly as ``timm.create_model(..., pretrained=True)`` loaded them (``in1k`` -> ImageNet-1k,
+``synthetic`` -> the package's synthetic shapes; see :mod:`timm_sknet.hub.provenance`), else as the exporter
+states them (``datasets=``, ``license=``, ``description=``), else "unknown". A model merely created with a tag's
+cfg, re-headed, or trained since says so. huggingface_hub's ``ModelCard`` writes the card.
 
 :func:`write_model_files` is the package's one writer of that layout: the exporter here and the training
 checkpoints (``timm_sknet.tools.train_checkpoint``) both use it.
@@ -34,14 +36,17 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
 from timm.models import save_for_hf
 
 from ..file_io import atomic_folder, sha256_file, write_text_atomic
 from .download import WEIGHTS_FILENAME
+from .provenance import weights_provenance
 
-__all__ = ['TrainingData', 'export_hub_folder', 'model_card', 'training_data', 'write_model_files']
+__all__ = ['CardFacts', 'TrainingData', 'card_facts', 'export_hub_folder', 'model_card', 'training_data',
+           'write_model_files']
 
 
 class TrainingData(NamedTuple):
@@ -58,23 +63,56 @@ _TAG_DATASETS = {
     'synthetic': TrainingData([], "timm-sknet's synthetic multi-scale shapes (timm_sknet.tools.synthetic_data), "
                                   'not a public data set'),
 }
-_UNKNOWN = TrainingData([], 'not recorded with these weights')
+_UNKNOWN = TrainingData([], 'unknown')
 
 
-def training_data(model: nn.Module) -> TrainingData:
-    """What ``model``'s weights were trained on, from the pretrained tag it was created with.
+class CardFacts(NamedTuple):
+    """What a model card states about the weights; ``None`` / empty where it is not known."""
+    license: Optional[str]
+    datasets: List[str]
+    trained_on: str
+    origin: str
+    base_model: Optional[str]  # the Hub repository the weights started from (the Hub's "fine-tuned from")
+    notes: Sequence[str]
 
-    Known only while the classifier is still the tag's (same number of classes): a model created with another
-    ``num_classes``, or retrained by ``timm-sknet train`` (which drops the tag), is not described by the tag.
-    """
-    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    tag = cfg.get('tag') or ''
-    if not tag or cfg.get('num_classes') != getattr(model, 'num_classes', None):
-        return _UNKNOWN
-    for part in reversed(tag.split('_')):
+
+def _tag_data(tag: str) -> TrainingData:
+    for part in reversed(tag.split('.', 1)[-1].split('_')):
         if part in _TAG_DATASETS:
             return _TAG_DATASETS[part]
     return _UNKNOWN
+
+
+def training_data(model: nn.Module) -> TrainingData:
+    """What ``model``'s weights were trained on: known only while it holds a pretrained tag's weights unchanged
+    (:func:`timm_sknet.hub.provenance.weights_provenance`), not from the tag it was merely created with."""
+    tag = weights_provenance(model).tag
+    return _tag_data(tag) if tag else _UNKNOWN
+
+
+def card_facts(model: nn.Module, license: Optional[str] = None, datasets: Optional[Sequence[str]] = None) -> CardFacts:
+    """What the card may say: from the tag whose weights the model holds, else what the caller states, else
+    "unknown". The caller's ``license`` / ``datasets`` always win."""
+    import timm
+
+    tag, started_from = weights_provenance(model)
+    cfg = timm.models.get_pretrained_cfg(tag or started_from) if (tag or started_from) else None
+    if tag:
+        known = _tag_data(tag)
+        facts = CardFacts(cfg.license, known.hub_ids, known.description,
+                          f'the weights of the pretrained tag `{tag}`' + (f' (Hub repository `{cfg.hf_hub_id}`)'
+                                                                         if cfg.hf_hub_id else '')
+                          + ', unchanged', None, tuple(cfg.notes or ()))
+    elif started_from:
+        facts = CardFacts(None, [], 'unknown', f'started from the weights of `{started_from}` '
+                          f'({_tag_data(started_from).description}), then re-headed, adapted or trained',
+                          cfg.hf_hub_id, ())
+    else:
+        facts = CardFacts(None, [], 'unknown', 'not loaded from a pretrained tag: randomly initialised, or '
+                          'trained or loaded by the user', None, ())
+    if datasets is not None:
+        facts = facts._replace(datasets=list(datasets), trained_on=', '.join(datasets) or 'unknown')
+    return facts._replace(license=license or facts.license)
 
 
 def _contiguous(model: nn.Module) -> nn.Module:
@@ -94,9 +132,18 @@ def _label_names(model: nn.Module, label_names: Optional[Sequence[str]]) -> Opti
     return None
 
 
-def _make_loadable_by_transformers(config_path: Path) -> None:
-    """Leave ``num_classes`` out of ``model_args``: transformers' TimmWrapper passes it itself (a second one is a
-    TypeError); timm reads the class count from the root and from ``pretrained_cfg``."""
+#: pretrained_cfg entries that describe where weights came from: true of a tag's own weights only
+_PROVENANCE_KEYS = ('tag', 'license', 'notes', 'origin_url', 'description')
+
+
+def _finish_config(config_path: Path, model: nn.Module, license: Optional[str]) -> None:
+    """Adjust timm's ``config.json``: loadable by transformers, and naming where the weights came from only where
+    that is known.
+
+    ``num_classes`` leaves ``model_args``: transformers' TimmWrapper passes it itself (a second one is a
+    TypeError); timm reads the class count from the root and from ``pretrained_cfg``. The ``pretrained_cfg``'s
+    tag, license and notes stay only while the model holds that tag's weights unchanged.
+    """
     config = json.loads(config_path.read_text(encoding='utf-8'))
     model_args = config.get('model_args') or {}
     model_args.pop('num_classes', None)
@@ -104,6 +151,12 @@ def _make_loadable_by_transformers(config_path: Path) -> None:
         config['model_args'] = model_args
     else:
         config.pop('model_args', None)
+    pretrained_cfg = config.get('pretrained_cfg') or {}
+    if weights_provenance(model).tag is None:
+        for key in _PROVENANCE_KEYS:
+            pretrained_cfg.pop(key, None)
+    if license:
+        pretrained_cfg['license'] = license
     write_text_atomic(config_path, json.dumps(config, indent=2) + '\n')
 
 
@@ -113,13 +166,14 @@ def write_model_files(
         *,
         label_names: Optional[Sequence[str]] = None,
         data_config: Optional[Dict[str, Any]] = None,
+        license: Optional[str] = None,
 ) -> str:
     """Write ``config.json`` and ``model.safetensors`` of ``model`` into ``folder``; return the weights' sha256.
 
     ``folder`` is filled as it is: callers write into a temporary folder (``file_io.atomic_folder``) that is
     renamed into place once complete. ``model.pretrained_cfg`` supplies the preprocessing recorded in
     config.json; ``data_config`` overrides it; ``label_names`` name the classifier's outputs (default: the
-    ``pretrained_cfg``'s, if they fit).
+    ``pretrained_cfg``'s, if they fit); ``license`` is recorded in the config's ``pretrained_cfg``.
     """
     folder = Path(folder)
     names = _label_names(model, label_names)
@@ -127,20 +181,11 @@ def write_model_files(
     with torch.no_grad():
         save_for_hf(_contiguous(model), str(folder), model_config=model_config, safe_serialization=True,
                     data_config=data_config)
-    _make_loadable_by_transformers(folder / 'config.json')
+    _finish_config(folder / 'config.json', model, license)
     return sha256_file(folder / WEIGHTS_FILENAME)
 
 
-def _front_matter(license: str, datasets: Sequence[str], tags: Sequence[str], weights_sha256: str) -> List[str]:
-    all_tags = list(dict.fromkeys(['image-classification', 'timm', 'timm-sknet', 'selective-kernel', *tags]))
-    front = ['---', 'library_name: timm', f'license: {license}', 'pipeline_tag: image-classification']
-    if datasets:
-        front += ['datasets:', *(f'- {d}' for d in datasets)]
-    front += ['tags:', *(f'- {t}' for t in all_tags)]
-    return front + ['weights_sha256:', f'  {WEIGHTS_FILENAME}: {weights_sha256}', '---']
-
-
-def _details(model: nn.Module, cfg: Dict[str, Any], trained_on: str, license: str, weights_sha256: str) -> List[str]:
+def _details(model: nn.Module, cfg: Dict[str, Any], facts: CardFacts, weights_sha256: str) -> List[str]:
     arch = cfg.get('architecture') or type(model).__name__
     params = sum(p.numel() for p in model.parameters())
     lines = [
@@ -148,13 +193,14 @@ def _details(model: nn.Module, cfg: Dict[str, Any], trained_on: str, license: st
         f'- **Architecture:** `{arch}` (registered in timm by `pip install timm-sknet`)',
         f'- **Parameters:** {params / 1e6:.2f} M',
         f'- **Classes:** {getattr(model, "num_classes", "?")}',
-        f'- **Trained on:** {trained_on}',
+        f'- **Weights:** {facts.origin}',
+        f'- **Trained on:** {facts.trained_on}',
         f'- **Input:** {tuple(cfg.get("input_size", ()))}, crop_pct {cfg.get("crop_pct")}, '
         f'{cfg.get("interpolation")} interpolation, mean {tuple(cfg.get("mean", ()))}, std {tuple(cfg.get("std", ()))}',
-        f'- **Weights:** `{WEIGHTS_FILENAME}`, sha256 `{weights_sha256}`',
-        f'- **License:** {license}',
+        f'- **File:** `{WEIGHTS_FILENAME}`, sha256 `{weights_sha256}`',
+        f'- **License:** {facts.license or "not stated"}',
     ]
-    return lines + [f'- **Note:** {note}' for note in cfg.get('notes') or ()]
+    return lines + [f'- **Note:** {note}' for note in facts.notes]
 
 
 def _usage(repo: str) -> List[str]:
@@ -193,26 +239,27 @@ def model_card(
         datasets: Optional[Sequence[str]] = None,
         tags: Sequence[str] = (),
         description: Optional[str] = None,
-) -> str:
-    """README.md text: YAML front matter the Hub indexes, then what the weights are and how to load them.
+) -> ModelCard:
+    """The model card: YAML front matter the Hub indexes, then what the weights are and how to load them.
 
-    ``license`` defaults to the ``pretrained_cfg``'s (``other`` if it has none), ``datasets`` to what the
-    pretrained tag says (:func:`training_data`); pass them for weights you trained yourself.
+    What the weights are (license, datasets, "trained on") is stated only where it is known (:func:`card_facts`):
+    from the pretrained tag whose weights the model holds unchanged, else from ``license`` / ``datasets`` /
+    ``description``, else as "unknown". huggingface_hub's ``ModelCardData`` writes the front matter, so no
+    string can change its structure.
     """
     cfg = dict(getattr(model, 'pretrained_cfg', {}) or {})
-    known = training_data(model)
-    license = license or cfg.get('license') or 'other'
-    if datasets is None:
-        datasets, trained_on = known.hub_ids, known.description
-    else:
-        datasets = list(datasets)
-        trained_on = ', '.join(datasets) or known.description
+    facts = card_facts(model, license, datasets)
+    data = ModelCardData(
+        library_name='timm', license=facts.license, pipeline_tag='image-classification',
+        datasets=facts.datasets or None, base_model=facts.base_model,
+        tags=list(dict.fromkeys(['image-classification', 'timm', 'timm-sknet', 'selective-kernel', *tags])),
+        weights_sha256={WEIGHTS_FILENAME: weights_sha256})
     name = repo_id or '<user>/<repo>'
     arch = cfg.get('architecture') or type(model).__name__
     intro = description or f'{arch} (Selective Kernel Network, Li et al., CVPR 2019) for timm, exported by timm-sknet.'
-    body = [f'# {name.split("/")[-1]}', '', intro, '', *_details(model, cfg, trained_on, license, weights_sha256),
+    body = [f'# {name.split("/")[-1]}', '', intro, '', *_details(model, cfg, facts, weights_sha256),
             '', *_usage(name), '', *_CITATION]
-    return '\n'.join(_front_matter(license, datasets, tags, weights_sha256) + body) + '\n'
+    return ModelCard(f'---\n{data.to_yaml()}\n---\n' + '\n'.join(body) + '\n')
 
 
 def export_hub_folder(
@@ -235,8 +282,9 @@ def export_hub_folder(
             file, build it with :func:`timm_sknet.models.model_from_checkpoint` first.
         out_dir: the folder to create.
         repo_id: the Hub repo the folder is meant for; only used in the model card's usage example.
-        license: model card license; default: what the model's pretrained tag says (see :func:`training_data`).
-        datasets: model card datasets (Hub ids); default: what the model's pretrained tag says.
+        license: the weights' license (card and config.json); default: the pretrained tag's, if the model holds
+            its weights unchanged (see :func:`card_facts`), else none stated.
+        datasets: what the weights were trained on (Hub dataset ids); default: as for ``license``.
         tags: extra model card tags.
         description: the model card's opening paragraph.
         data_config: preprocessing to record, if it differs from the model's pretrained cfg.
@@ -255,8 +303,9 @@ def export_hub_folder(
     if not getattr(model, 'pretrained_cfg', None):
         raise ValueError('The model has no pretrained_cfg: create it with timm.create_model(...) to export it.')
     with atomic_folder(out_dir) as tmp:
-        digest = write_model_files(model, tmp, label_names=label_names, data_config=data_config)
+        digest = write_model_files(model, tmp, label_names=label_names, data_config=data_config,
+                                   license=card_facts(model, license).license)
         card = model_card(model, digest, repo_id=repo_id, license=license, datasets=datasets, tags=tags,
                           description=description)
-        (tmp / 'README.md').write_text(card, encoding='utf-8')
+        card.save(tmp / 'README.md')
     return out_dir

@@ -1,9 +1,9 @@
-"""Parameter and multiply-add counts, and the published figures to compare them with.
+"""Parameter and multiply-add counts, the paper's figures, and the published top-1 of the pretrained weights.
 
 MACs are counted by ``torch.utils.flop_counter`` (FLOPs / 2) on the meta device, so counting even
 SKNet-152 allocates no memory and takes well under a second.
 """
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -11,25 +11,36 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 
-__all__ = ['PublishedFigures', 'PUBLISHED', 'count_params', 'count_macs', 'measure']
+__all__ = ['PAPER', 'PaperFigures', 'WEIGHTS_TOP1', 'WeightsTop1', 'count_params', 'count_macs', 'measure']
 
 
-class PublishedFigures(NamedTuple):
-    """Reference figures: the paper's (SKNet-50/101) or timm's (SK-ResNet-18/34) where the paper has none."""
+class PaperFigures(NamedTuple):
+    """The paper's Table 2 for SKNet-50/101 (its GFLOPs are multiply-adds), for the networks it describes."""
     params_m: float
     gmacs: float
-    top1: Optional[float]  # ImageNet-1k top-1 at 224 (paper: 100 - top-1 error)
+    top1: float  # ImageNet-1k top-1 at 224, single crop: 100 - the reported top-1 error
+
+
+#: SKNet-50/101 of the paper; the ``*_caffe`` models are the authors' published networks of that table
+PAPER: Dict[str, PaperFigures] = {
+    'sknet50': PaperFigures(27.5, 4.47, 79.21),
+    'sknet101': PaperFigures(48.9, 8.46, 79.81),
+    'sknet50_caffe': PaperFigures(27.5, 4.47, 79.21),
+    'sknet101_caffe': PaperFigures(48.9, 8.46, 79.81),
+}
+
+
+class WeightsTop1(NamedTuple):
+    """ImageNet-1k top-1 of one pretrained tag's file, as its publisher reports it (not measured here)."""
+    top1: float
     source: str
 
 
-PUBLISHED: Dict[str, PublishedFigures] = {
-    'sknet18': PublishedFigures(11.96, 1.814, 73.020, 'timm skresnet18.ra_in1k'),
-    'sknet34': PublishedFigures(22.28, 3.664, 76.956, 'timm skresnet34.ra_in1k'),
-    'sknet50': PublishedFigures(27.5, 4.47, 79.21, 'paper, Table 2'),
-    'sknet101': PublishedFigures(48.9, 8.46, 79.81, 'paper, Table 2'),
-    # the authors' Caffe models, whose accuracy Table 2 reports
-    'sknet50_caffe': PublishedFigures(27.5, 4.47, 79.21, 'paper, Table 2'),
-    'sknet101_caffe': PublishedFigures(48.9, 8.46, 79.81, 'paper, Table 2'),
+#: the tags whose files are timm's: timm's results-imagenet.csv (224 px, crop 0.875) for the source checkpoint
+WEIGHTS_TOP1: Dict[str, WeightsTop1] = {
+    'sknet18.ra_in1k': WeightsTop1(73.020, 'timm, skresnet18.ra_in1k'),
+    'sknet34.ra_in1k': WeightsTop1(76.956, 'timm, skresnet34.ra_in1k'),
+    'sknet50.ra_in1k': WeightsTop1(80.168, 'timm, skresnext50_32x4d.ra_in1k'),
 }
 
 

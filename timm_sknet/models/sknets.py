@@ -29,9 +29,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import ResNet
 
-from ..errors import WeightsError
+from ..errors import WeightsError, remedy
 from ..hub.download import pretrained_kwargs
 from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
+from ..hub.provenance import stamp_loaded_weights
 from ..layers import SelectiveKernel, SelectiveKernelAttn, bn_act_parts, fold_batchnorm, fold_sequential, is_batchnorm
 from .blocks import SKBasicBlock, SKBottleneck
 from .feature_extractors import feature_kwargs
@@ -190,28 +191,54 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
         if not _weight_source(cfg) and variant in CAFFE_SOURCES:
             raise WeightsError(_convert_caffe_hint(variant))
         if not _weight_source(cfg):
-            available = timm.list_pretrained('sknet*')
-            raise WeightsError(
-                f'No pretrained weights exist for {variant}'
-                f'{"." + cfg.tag if cfg.tag else ""}: none have been published for it anywhere. '
-                f'Pretrained tags that exist: {", ".join(available) or "none"}. Use pretrained=False to '
-                f'train it, or load your own with pretrained_cfg_overlay=dict(file="weights.safetensors").')
+            raise WeightsError(_no_weights_hint(variant, cfg.tag))
         # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see timm_sknet/hub/download.py).
-        kwargs = pretrained_kwargs(variant, cfg, kwargs)
+        model = build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(pretrained_kwargs(variant, cfg, kwargs)))
+        _stamp_if_the_tags_own(model, variant, cfg, kwargs)
+        return model
     # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
-    kwargs = feature_kwargs(kwargs)
-    return build_model_with_cfg(SKNet, variant, pretrained, **kwargs)
+    return build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(kwargs))
+
+
+def _stamp_if_the_tags_own(model: nn.Module, variant: str, cfg, kwargs: Dict[str, Any]) -> None:
+    """Stamp ``model`` with its tag when the weights just loaded are the tag's own (its registered source, not a
+    file, folder or Hub repository the user named), for the model card (``timm_sknet.hub.provenance``)."""
+    registered = timm.models.get_pretrained_cfg(f'{variant}.{cfg.tag}') if cfg.tag and not cfg.source else None
+    if registered is None or kwargs.get('features_only'):
+        return
+    ours = (cfg.state_dict, cfg.file, cfg.url, (cfg.hf_hub_id or '').partition('@')[0])
+    if ours != (registered.state_dict, registered.file, registered.url, registered.hf_hub_id or ''):
+        return
+    exact = (getattr(model, 'num_classes', None) == registered.num_classes
+             and kwargs.get('in_chans', 3) == registered.input_size[0])
+    stamp_loaded_weights(model, f'{variant}.{cfg.tag}', exact)
+
+
+def _no_weights_hint(variant: str, tag: Optional[str]) -> str:
+    """Why ``variant`` has no pretrained weights, and what the user can load instead."""
+    caffe = f'{variant}_caffe' if f'{variant}_caffe' in CAFFE_SOURCES else None
+    why = (f"no PyTorch weights of it have been published; the authors' Caffe {CAFFE_SOURCES[caffe].title} "
+           f'exists and runs as {caffe} once you convert it (`timm-sknet convert-caffe`; asking for '
+           f'{caffe} with pretrained weights says where to get the files)' if caffe else
+           'neither timm nor the paper\'s authors publish weights of it')
+    available = ', '.join(timm.list_pretrained('sknet*')) or 'none'
+    instead = remedy('Use pretrained=False to train it, or load your own with '
+                     "pretrained_cfg_overlay=dict(file='weights.safetensors')",
+                     'Leave out --pretrained for random weights, or pass your own with --checkpoint FILE')
+    return (f'No pretrained weights exist for {variant}{"." + tag if tag else ""}: {why}. Pretrained tags that '
+            f'exist: {available}. {instead}.')
 
 
 def _convert_caffe_hint(variant: str) -> str:
     source = CAFFE_SOURCES[variant]
     folder = variant.replace('_', '-')
+    load = remedy(f"timm.create_model('local-dir:{folder}', pretrained=True)", f'--model local-dir:{folder}')
     return (
         f'No converted weights of {variant} ship with timm-sknet: the authors publish {source.title} as a Caffe '
         f'model without a license, so it is not redistributed here. Download the caffemodel '
         f'({source.caffemodel_url}) and the prototxt ({CAFFE_REPO}/blob/master/{source.prototxt}), convert them '
         f'with `timm-sknet convert-caffe {source.prototxt.rsplit("/", 1)[-1]} <file>.caffemodel {folder}/`, then '
-        f"load timm.create_model('local-dir:{folder}', pretrained=True).")
+        f'load {load}.')
 
 
 def _cfg(hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:

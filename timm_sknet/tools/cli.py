@@ -14,11 +14,12 @@ from torch import nn
 
 import timm
 
-from ..errors import WeightsError
+from ..errors import WeightsError, command_line_context
 from ..hub.failures import hub_model_errors
 from ..models.checkpoint import CheckpointError, model_from_checkpoint
-from ..models.complexity import PUBLISHED, measure
+from ..models.complexity import PAPER, WEIGHTS_TOP1, measure
 from .bulk import class_names  # noqa: F401  (part of this module's API before bulk.py)
+from .help_format import Parser
 from .images import ImageError
 
 __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
@@ -35,21 +36,24 @@ class CLIError(Exception):
     """A mistake in the command line (unknown model, checkpoint that does not fit, ...); the message says what to do."""
 
 
+MODEL_TABLE_HEADER = ('| model | `pretrained=True` loads | params (M) | GMACs | top-1 | top-1 source | paper: params (M) '
+                      '| paper: GMACs | paper: top-1 |')
+
+
 def model_table() -> str:
-    """Markdown table of every registered sknet: measured params/GMACs at 224 beside the published ones."""
-    rows = [
-        '| model | pretrained tags | params (M) | published | GMACs | published | top-1 | source |',
-        '|---|---|---|---|---|---|---|---|',
-    ]
+    """Markdown table of every registered sknet: measured params / GMACs at 224, the ImageNet-1k top-1 of the
+    weights ``pretrained=True`` loads (its publisher's figure), and the paper's figures."""
+    rows = [MODEL_TABLE_HEADER, '|---' * MODEL_TABLE_HEADER.count(' | ') + '|---|']
     for name in timm.list_models('sknet*'):
         params, macs = measure(name)
-        tags = ', '.join(t.split('.', 1)[1] for t in timm.list_pretrained(f'{name}.*')) or '-'
-        ref = PUBLISHED.get(name)
-        published = (f'{ref.params_m:.2f}', f'{ref.gmacs:.3f}', f'{ref.top1:.2f}' if ref.top1 else '-',
-                     ref.source) if ref else ('-', '-', '-', '-')
-        rows.append(
-            f'| {name} | {tags} | {params / 1e6:.2f} | {published[0]} | {macs / 1e9:.3f} | {published[1]} '
-            f'| {published[2]} | {published[3]} |')
+        cfg = timm.models.get_pretrained_cfg(name)
+        loads = cfg.tag if cfg.has_weights else '-'
+        top1 = WEIGHTS_TOP1.get(f'{name}.{loads}')
+        paper = PAPER.get(name)
+        rows.append(' | '.join([
+            f'| {name}', loads, f'{params / 1e6:.2f}', f'{macs / 1e9:.3f}',
+            f'{top1.top1:.2f}' if top1 else '-', top1.source if top1 else '-',
+            *((f'{paper.params_m:.1f}', f'{paper.gmacs:.2f}', f'{paper.top1:.2f}') if paper else ('-',) * 3)]) + ' |')
     return '\n'.join(rows)
 
 
@@ -76,10 +80,10 @@ def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = 
     """
     from timm.models import split_model_name_tag
     arch, _ = split_model_name_tag(name)
-    if not name.startswith('hf-hub:') and not timm.is_model(arch):
+    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(arch):
         raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
                        f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"}), '
-                       "or a Hub repo as 'hf-hub:org/repo'")
+                       "or a Hub repo as 'hf-hub:org/repo', or an exported folder as 'local-dir:/path/to/folder'")
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, name, **kwargs)
     else:
@@ -136,7 +140,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _add_list_parser(sub) -> None:
-    p = sub.add_parser('list', help='registered models with measured and published params/GMACs')
+    p = sub.add_parser('list', help="the model table: measured params and GMACs, the published top-1 of the weights "
+                                    "pretrained=True loads, the paper's figures")
     p.set_defaults(func=_cmd_list)
 
 
@@ -317,7 +322,8 @@ def _add_export_parser(sub) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from ..hub import export_hub_folder
-    common = dict(repo_id=args.repo_id, overwrite=args.overwrite)
+    common = dict(repo_id=args.repo_id, overwrite=args.overwrite, license=args.license, description=args.description,
+                  datasets=args.dataset)  # None: the card states what is known of the weights, else "unknown"
     out_dir = Path(args.out)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not args.overwrite:
         raise CLIError(f'{out_dir} exists and is not empty; pass --overwrite to replace it, or choose another OUT')
@@ -327,7 +333,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out = export_hub_folder(load_model(args.model, pretrained=True), args.out, **common)
     else:
         raise CLIError('convert needs weights: pass --checkpoint FILE or --pretrained')
-    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True) after import timm_sknet")
+    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True), or --model local-dir:{out}")
     return 0
 
 
@@ -336,6 +342,12 @@ def _add_convert_parser(sub) -> None:
     p.add_argument('out', metavar='OUT', help='folder to create')
     _add_model_args(p)
     p.add_argument('--repo-id', default=None, help='the Hub repo meant for it (used in the model card)')
+    p.add_argument('--dataset', action='append', default=None, metavar='HUB_ID',
+                   help="what the weights were trained on, for the model card (repeatable; default: the pretrained "
+                        "tag's data set when the weights are its own, else unknown)")
+    p.add_argument('--license', default=None,
+                   help="the weights' license (default: the pretrained tag's when the weights are its own, else none)")
+    p.add_argument('--description', default=None, help="the model card's opening paragraph (default: a generic one)")
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty OUT (atomically)')
     p.set_defaults(func=_cmd_convert)
 
@@ -349,7 +361,7 @@ def _cmd_convert_caffe(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     config = json.loads((out / 'config.json').read_text(encoding='utf-8'))
     print(f"wrote {out} ({config['architecture']}); load it with timm.create_model('local-dir:{out}', "
-          f'pretrained=True) after import timm_sknet')
+          f'pretrained=True), or --model local-dir:{out}')
     return 0
 
 
@@ -360,7 +372,7 @@ def _add_convert_caffe_parser(sub) -> None:
     p.add_argument('caffemodel', metavar='CAFFEMODEL', help='the matching .caffemodel')
     p.add_argument('out', metavar='OUT_DIR', help='folder to create (config.json, model.safetensors, README.md)')
     p.add_argument('--mean-bgr', type=float, nargs=3, default=list(CAFFE_MEAN_BGR), metavar=('B', 'G', 'R'),
-                   help='means Caffe subtracted from 0-255 BGR pixels (default: %(default)s)')
+                   help='means Caffe subtracted from 0-255 BGR pixels')
     p.add_argument('--repo-id', default=None, help='the Hub repo meant for it (used in the model card)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty OUT_DIR (atomically)')
     p.set_defaults(func=_cmd_convert_caffe)
@@ -403,7 +415,7 @@ def _add_attention_parser(sub) -> None:
     _add_model_args(p)
     p.add_argument('--synthetic', type=int, default=0, metavar='N', help='use N generated images instead')
     p.add_argument('--scales', type=float, nargs='+', default=list(DEFAULT_SCALES),
-                   help='object enlargement factors (default: 1 1.5 2, as in the paper)')
+                   help='object enlargement factors (the paper: 1, 1.5 and 2)')
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--out', required=True, metavar='DIR', help='folder for attention.csv and attention.png')
@@ -442,7 +454,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-sknet', description=__doc__.splitlines()[0])
+    parser = Parser(prog='timm-sknet', description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='output/main_job',
                         help='folder for the main job\'s CSVs and plot (default: output/main_job)')
     parser.set_defaults(func=_cmd_main_job)
@@ -460,7 +472,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with command_line_context():  # remedies name flags, not Python keywords (timm_sknet.errors.remedy)
+            return args.func(args)
     except (CLIError, *USER_ERRORS) as e:
         print(f'{parser.prog}: error: {_one_line(e)}', file=sys.stderr)
         return 2

@@ -2,7 +2,12 @@
 from pathlib import Path
 from typing import Union
 
-__all__ = ['ImageError', 'load_image']
+__all__ = ['SAMPLE_PHOTO', 'ImageError', 'load_image']
+
+#: A photograph for first examples, bundled so that they run offline: Commodore Grace M. Hopper in an official
+#: U.S. Navy portrait (1984), a work of the U.S. federal government and so in the public domain; the 512 x 600
+#: crop that matplotlib ships as sample data (``matplotlib/mpl-data/sample_data/grace_hopper.jpg``).
+SAMPLE_PHOTO = Path(__file__).resolve().parent / 'samples' / 'grace_hopper.jpg'
 
 
 class ImageError(OSError):

@@ -5,7 +5,6 @@ Everything it needs is package data (``sknet_tiny.synthetic`` weights, sample PN
 spot (the synthetic shapes), so it runs on a fresh machine with no network. It prints what this model
 shows, whichever way it goes.
 """
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from timm.data import create_transform, resolve_data_config
 
 from ..file_io import atomic_file
 from ..hub.embedded import EMBEDDED_TAG, verify_embedded_weights
+from .help_format import Parser
 from .scale_analysis import ANALYSIS_SCALE_RANGE, DEFAULT_SCALES, ScaleAnalysis, centred_shapes, run_scale_analysis
 
 __all__ = ['SAMPLES_DIR', 'run_main_job']
@@ -113,7 +113,7 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m timm_sknet.tools.main_job``."""
-    parser = argparse.ArgumentParser(prog='python -m timm_sknet.tools.main_job', description=__doc__.splitlines()[0])
+    parser = Parser(prog='python -m timm_sknet.tools.main_job', description=__doc__.splitlines()[0])
     parser.add_argument('--out-dir', default='output/main_job')
     parser.add_argument('--num-images', type=int, default=128)
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from timm.utils import dispatch_clip_grad, distribute_bn, init_distributed_device, random_seed
 
 from ..file_io import write_text_atomic
+from .help_format import Parser
 from .train_args import add_train_arguments, validate_args
 from .train_checkpoint import load_checkpoint, resolve_resume_path, save_checkpoint, write_metrics
 from .train_parts import build_datasets, build_loaders, build_model, build_optimization, set_export_cfg
@@ -319,7 +320,7 @@ def run_train(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m timm_sknet.tools.train`` (the ``timm-sknet train`` subcommand does the same)."""
-    parser = add_train_arguments(argparse.ArgumentParser(prog='timm-sknet train', description=__doc__.splitlines()[0]))
+    parser = add_train_arguments(Parser(prog='timm-sknet train', description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         run_train(args)

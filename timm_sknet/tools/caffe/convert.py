@@ -30,7 +30,7 @@ import timm
 
 from ...file_io import sha256_file
 from ...hub.folder import export_hub_folder
-from ...models.complexity import PUBLISHED
+from ...models.complexity import PAPER
 from ...models.sknets import CAFFE_MEAN_RGB, CAFFE_REPO, CAFFE_SOURCES
 from .caffemodel import CaffeLayer, read_caffemodel
 from .errors import CaffeError
@@ -179,7 +179,7 @@ def load_caffe_model(prototxt: PathLike, caffemodel: PathLike,
 def _card(model: nn.Module, variant: OfficialVariant, prototxt: Path, caffemodel: Path,
           mean_bgr: Sequence[float]) -> str:
     source = CAFFE_SOURCES[variant.model]
-    top1 = PUBLISHED[variant.model].top1
+    top1 = PAPER[variant.model].top1
     mean_rgb = tuple(round(m, 6) for m in model.pretrained_cfg['mean'])
     return '\n'.join([
         f"{source.title} of Li et al., the authors' own Caffe model, converted to timm's `{variant.model}` by "
