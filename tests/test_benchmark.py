@@ -3,10 +3,22 @@
 Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results.
 """
 import json
+import threading
+import time
 
 import pytest
+import torch
 
-from timm_sknet.tools.benchmark import Report, gemm_peaks, markdown, summarize, time_alternating, write_report
+from timm_sknet.tools.benchmark import (
+    ConcurrencyRunner,
+    Report,
+    concurrent_rate,
+    gemm_peaks,
+    markdown,
+    summarize,
+    time_alternating,
+    write_report,
+)
 
 
 def _row(path, batch, ips):
@@ -60,3 +72,26 @@ def test_time_alternating_calls_in_rotation_and_reports_medians():
 def test_gemm_peak_is_measured_per_precision_the_machine_runs():
     peaks = gemm_peaks(shapes=((64, 64, 64), (128, 64, 32)), runs=1)
     assert peaks['fp32'] > 0 and set(peaks) <= {'fp32', 'bf16'}
+
+
+def test_concurrent_rate_counts_every_call_of_every_thread_with_its_own_input():
+    seen = []
+    lock = threading.Lock()
+
+    def model(x):
+        with lock:
+            seen.append(int(x[0, 0]))
+    inputs = [torch.full((2, 1), float(i)) for i in range(3)]
+    began = time.perf_counter()
+    rate = concurrent_rate(model, inputs, calls=4)
+    elapsed = time.perf_counter() - began
+    assert sorted(seen) == [0] * 4 + [1] * 4 + [2] * 4
+    assert rate * elapsed >= 3 * 4 * 2  # images over a time no longer than the whole call
+
+
+def test_concurrency_runner_reports_each_caller_count_against_one_caller():
+    report = ConcurrencyRunner(quick=True, paths=[('eager', 'fp32')], callers=(1, 2), log=lambda line: None).run()
+    rows = report.tables['throughput']
+    assert [(r['path'], r['callers']) for r in rows] == [('eager fp32', 1), ('eager fp32', 2)]
+    assert rows[0]['vs_one_caller'] == 1.0
+    assert rows[1]['vs_one_caller'] == rows[1]['images_per_s'] / rows[0]['images_per_s']

@@ -208,15 +208,16 @@ def _add_predict_parser(sub) -> None:
 
 def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The runner's keyword arguments from the command line (each runner takes its own)."""
-    from .benchmark import OUR_PATHS
+    from .benchmark import OUR_PATHS, ConcurrencyRunner
     options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
     options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
-    if args.what == 'inference':
-        paths = [(b, p) for b, p in OUR_PATHS if args.backend in ('all', b) and args.precision in ('all', p)]
+    if args.what in ('inference', 'concurrency'):
+        known = OUR_PATHS if args.what == 'inference' else ConcurrencyRunner.PATHS
+        paths = [(b, p) for b, p in known if args.backend in ('all', b) and args.precision in ('all', p)]
         if not paths:
-            raise CLIError(f'no benchmark path has backend {args.backend} and precision {args.precision}')
+            raise CLIError(f'no {args.what} path has backend {args.backend} and precision {args.precision}')
         options.update(paths=None if args.backend == args.precision == 'all' else paths,
-                       batch_sizes=args.batch_sizes or (1, 8))
+                       batch_sizes=args.batch_sizes or ((1, 8) if args.what == 'inference' else (1,)))
     else:
         options.update(memory=not args.no_memory)
         if args.what == 'backbone':
@@ -244,18 +245,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
-    p.add_argument('what', nargs='?', default='inference', choices=('inference', 'eager', 'backbone', 'int8-accuracy'),
-                   help='inference: every backend and precision of optimize, vs timm run the same ways (default); '
+    p.add_argument('what', nargs='?', default='inference',
+                   choices=('inference', 'eager', 'backbone', 'concurrency', 'int8-accuracy'),
+                   help='inference: every backend and precision of optimize, vs timm run the same ways; '
                         'eager: eager inference and training steps with peak memory; backbone: features_only at '
-                        '640 px as detectors run it; int8-accuracy: int8 against fp32')
+                        '640 px as detectors run it; concurrency: one optimized model called from 1, 2 and 4 '
+                        'threads at once, per backend; int8-accuracy: int8 against fp32')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
                    help="timm's twin of --model (default: skresnext50_32x4d; skresnet18 with --quick)")
-    p.add_argument('--backend', choices=('all', *BACKENDS), default='all', help='inference: only this backend')
-    p.add_argument('--precision', choices=('all', *PRECISIONS), default='all', help='inference: only this precision')
+    p.add_argument('--backend', choices=('all', *BACKENDS), default='all',
+                   help='inference, concurrency: only this backend')
+    p.add_argument('--precision', choices=('all', *PRECISIONS), default='all',
+                   help='inference, concurrency: only this precision')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=None,
-                   help='inference: default 1 8; backbone: default 1 2')
+                   help='inference: default 1 8; backbone: default 1 2; concurrency: default 1')
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--runs', type=int, default=9, help='timed runs of everything, alternating (median reported)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
