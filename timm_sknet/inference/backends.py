@@ -13,20 +13,24 @@ one; each backend prepares what suits it:
 For the torch backends, bf16 means the folded model's weights and activations in bfloat16 (measured faster than
 autocast, eager and compiled, with the same error: benchmarks/results). A runtime that is not installed, or a
 precision a backend cannot run, raises :class:`BackendUnavailable` with the one command or option that fixes it.
+
+Every runner may be called from many threads at once (each call gets its own runtime state: torch modules and
+onnxruntime sessions are reentrant, OpenVINO calls take infer requests from a pool), and carries a ``recipe``:
+a picklable ``(function, args)`` that builds the same runner in another process (weights, ONNX bytes or the
+OpenVINO IR; no runtime object crosses a process boundary).
 """
-import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..layers import unfused_batchnorms
 from .export import export_onnx
 from .fuse import fuse_model
+from .openvino_runtime import OpenVINOInfer, PortableOVModel
 from .outputs import Outputs, as_list, output_names, restore
 
 __all__ = ['BACKENDS', 'PRECISIONS', 'BackendUnavailable', 'Runner', 'build_runner', 'check_backend_precision']
@@ -39,26 +43,31 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here, or not at this precision; the message says what to install or choose."""
 
 
+#: ``(function, args)``: ``function(*args)`` builds a :class:`Runner` (picklable where the args are)
+Recipe = Tuple[Callable[..., 'Runner'], Tuple[Any, ...]]
+
+
 @dataclass
 class Runner:
     """``run(x)`` gives the model's outputs for ``x``; ``description`` says what runs them."""
     run: Callable[[torch.Tensor], Outputs]
     description: str
     module: Optional[nn.Module] = None  # the torch module that runs, for torch backends
+    recipe: Optional[Recipe] = None  # how to build this runner again, in another process
 
 
 _DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 
 def _torch_runner(module: nn.Module, device: torch.device, dtype: torch.dtype, description: str,
-                  context: Callable[[], ContextManager] = contextlib.nullcontext) -> Runner:
-    """Inputs to ``device`` / ``dtype`` / channels_last, outputs back to float32, under ``context()``."""
+                  recipe: Recipe) -> Runner:
+    """Inputs to ``device`` / ``dtype`` / channels_last, outputs back to float32."""
     def run(x: torch.Tensor) -> Outputs:
         x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), context():
+        with torch.inference_mode():
             out = module(x)
         return restore([t.float() for t in as_list(out)], out)
-    return Runner(run, f'{description}, {dtype}'.replace('torch.', ''), module)
+    return Runner(run, f'{description}, {dtype}'.replace('torch.', ''), module, recipe)
 
 
 def check_backend_precision(backend: str, precision: str) -> None:
@@ -82,31 +91,41 @@ def _prepared(model: nn.Module, device: torch.device, precision: str) -> Tuple[n
     return prepared, f'BatchNorm {"folded" if not left else f"not folded ({left} left)"}, channels_last'
 
 
+def eager_runner(prepared: nn.Module, device: torch.device, dtype: torch.dtype, how: str) -> Runner:
+    """The prepared (folded) module run as it is."""
+    return _torch_runner(prepared, device, dtype, f'PyTorch eager, {how}',
+                         recipe=(eager_runner, (prepared, device, dtype, how)))
+
+
 def build_eager(model: nn.Module, precision: str, device: torch.device) -> Runner:
     prepared, how = _prepared(model, device, precision)
-    return _torch_runner(prepared, device, _DTYPES[precision], f'PyTorch eager, {how}')
+    return eager_runner(prepared, device, _DTYPES[precision], how)
 
 
-def build_inductor(model: nn.Module, precision: str, device: torch.device, input_size: Sequence[int]) -> Runner:
+def inductor_runner(prepared: nn.Module, device: torch.device, dtype: torch.dtype, how: str,
+                    input_size: Tuple[int, ...]) -> Runner:
     """``torch.export`` of the prepared model (batch size dynamic), compiled by inductor with weight freezing.
 
     Exported, every optimized model runs a graph module of its own, so dynamo's cache, which is kept per code
     object, holds this model's entries only (one per batch-size specialisation), however many models a process
     optimizes. Compiled directly, every timm ResNet shares ``ResNet.forward``; with freezing, dynamo guards each
     model's weights by identity there, and past its recompile limit ``fullgraph=True`` turns that into a crash.
-    Freezing (PyTorch's advice for CPU inference: constant weights, prepacked for the CPU's kernels) is switched
-    on around every call, so the compilations that new batch sizes trigger later freeze too.
+    Freezing (PyTorch's advice for CPU inference: constant weights, prepacked for the CPU's kernels) is an option
+    of this compiled module, so the compilations that new batch sizes trigger later freeze too, and no global
+    inductor setting changes under other threads.
     """
-    from torch._inductor import config as inductor_config
-
-    prepared, how = _prepared(model, device, precision)
-    example = torch.randn(2, *input_size, device=device, dtype=_DTYPES[precision])
+    example = torch.randn(2, *input_size, device=device, dtype=dtype)
     with torch.no_grad():
         program = torch.export.export(prepared, (example.contiguous(memory_format=torch.channels_last),),
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    compiled = torch.compile(program.module(), fullgraph=True)
-    return _torch_runner(compiled, device, _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
-                         context=lambda: inductor_config.patch(freezing=True))
+    compiled = torch.compile(program.module(), fullgraph=True, options={'freezing': True})
+    return _torch_runner(compiled, device, dtype, f'torch.export + inductor (freezing), {how}',
+                         recipe=(inductor_runner, (prepared, device, dtype, how, tuple(input_size))))
+
+
+def build_inductor(model: nn.Module, precision: str, device: torch.device, input_size: Sequence[int]) -> Runner:
+    prepared, how = _prepared(model, device, precision)
+    return inductor_runner(prepared, device, _DTYPES[precision], how, tuple(input_size))
 
 
 def _import(module: str, extra: str):
@@ -125,24 +144,31 @@ def _export_to_onnx(model: nn.Module, folder: Path, input_size: Sequence[int],
     return path, names
 
 
-def _numpy_runner(infer: Callable, like_single: bool, description: str) -> Runner:
+def _numpy_runner(infer: Callable, like_single: bool, description: str, recipe: Recipe) -> Runner:
     def run(x: torch.Tensor) -> Outputs:
         outs = [torch.from_numpy(o) for o in infer(x.detach().float().cpu().numpy())]
         return outs[0] if like_single else outs
-    return Runner(run, description)
+    return Runner(run, description, recipe=recipe)
 
 
-def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int]) -> Runner:
+def onnxruntime_runner(onnx_model: bytes, single_output: bool) -> Runner:
+    """An onnxruntime session of the ONNX file's bytes (``InferenceSession.run`` is safe to call from threads)."""
     ort = _import('onnxruntime', 'onnxruntime')
-    with tempfile.TemporaryDirectory() as tmp:
-        path, names = _export_to_onnx(model, Path(tmp), input_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(onnx_model, options, providers=['CPUExecutionProvider'])
 
     def infer(x):
         return session.run(None, {'input': x})
-    return _numpy_runner(infer, names == ['output'], f'onnxruntime {ort.__version__} CPU, fp32')
+    return _numpy_runner(infer, single_output, f'onnxruntime {ort.__version__} CPU, fp32',
+                         recipe=(onnxruntime_runner, (onnx_model, single_output)))
+
+
+def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int]) -> Runner:
+    _import('onnxruntime', 'onnxruntime')
+    with tempfile.TemporaryDirectory() as tmp:
+        path, names = _export_to_onnx(model, Path(tmp), input_size)
+        return onnxruntime_runner(path.read_bytes(), names == ['output'])
 
 
 def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
@@ -189,55 +215,19 @@ def openvino_hint(precision: str) -> str:
     return 'bf16' if precision == 'bf16' or (precision == 'int8' and native_bf16()) else 'f32'
 
 
-class _OpenVINOInfer:
-    """Batch 1 as one latency-tuned request; larger batches one image per request, on one stream per core.
-
-    On the 2-core CPUs this was measured on, a batch of 8 as one request ran at 0.9x the rate of batch 1
-    (its activations outgrow the cache); per-image requests on two streams ran 1.1-1.5x faster than the
-    one request, for f32, bf16 and int8 alike (`timm-sknet bench inference`).
-    """
-
-    def __init__(self, ov, ov_model, hint: str):
-        threads = torch.get_num_threads()
-        self._ov, self._model, self._hint, self._threads = ov, ov_model, hint, threads
-        latency = ov.Core().compile_model(ov_model, 'CPU', {
-            'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads})
-        self._request = latency.create_infer_request()
-        self._outputs = list(latency.outputs)
-        self._queue = None
-
-    def _streams(self):
-        if self._queue is None:
-            compiled = self._ov.Core().compile_model(self._model, 'CPU', {
-                'INFERENCE_PRECISION_HINT': self._hint, 'PERFORMANCE_HINT': 'THROUGHPUT',
-                'NUM_STREAMS': self._threads, 'INFERENCE_NUM_THREADS': self._threads})
-            self._queue = self._ov.AsyncInferQueue(compiled, self._threads)
-            self._stream_outputs = list(compiled.outputs)
-        return self._queue
-
-    def __call__(self, x):
-        if len(x) == 1:
-            result = self._request.infer({0: x})
-            return [result[o].copy() for o in self._outputs]
-        queue, parts = self._streams(), [None] * len(x)
-
-        def done(request, index):
-            parts[index] = [request.get_output_tensor(i).data.copy() for i in range(len(self._stream_outputs))]
-        queue.set_callback(done)
-        for i in range(len(x)):
-            queue.start_async({0: x[i:i + 1]}, i)
-        queue.wait_all()
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(self._stream_outputs))]
-
-
 def openvino_runner(ov_model, precision: str, single_output: bool) -> Runner:
-    """A :class:`Runner` for an OpenVINO model on this CPU (see :func:`openvino_hint` and :class:`_OpenVINOInfer`)."""
+    """A :class:`Runner` for an OpenVINO model on this CPU (see :func:`openvino_hint` and ``OpenVINOInfer``)."""
     ov = _import('openvino', 'openvino')
     hint = openvino_hint(precision)
     weights = 'int8 weights and activations (NNCF), ' if precision == 'int8' else ''
-    return _numpy_runner(_OpenVINOInfer(ov, ov_model, hint), single_output,
+    return _numpy_runner(OpenVINOInfer(ov, ov_model, hint), single_output,
                          f'OpenVINO {ov.get_version().split("-")[0]} CPU, {weights}inference precision {hint}, '
-                         f'batches > 1 as per-image requests on {torch.get_num_threads()} streams')
+                         f'batches > 1 as per-image requests on {torch.get_num_threads()} streams',
+                         recipe=(_portable_openvino_runner, (PortableOVModel(ov_model), precision, single_output)))
+
+
+def _portable_openvino_runner(portable, precision: str, single_output: bool) -> Runner:
+    return openvino_runner(portable.model, precision, single_output)
 
 
 def build_openvino(model: nn.Module, precision: str, input_size: Sequence[int],

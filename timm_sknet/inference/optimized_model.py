@@ -11,6 +11,10 @@ Tolerances (max |optimized - plain| / max |plain| over every output):
 * bf16: 5e-2 (8-bit mantissas through ~50 layers; measured 4e-3 to 1e-2 on sknet50 at 224);
 * int8: 0.25, and the classifier's top-1 must agree with the plain model's on at least 90 % of the
   verification images (quantization error is larger; accuracy: ``timm-sknet bench int8-accuracy``).
+
+Sharing: an optimized model may be called from any number of threads at once; it pickles (``pickle``,
+``torch.save``, ``spawn`` workers) as what rebuilds it, and is rebuilt when loaded; in a forked child whose parent
+ran its runtime, an OpenVINO or inductor model raises at once instead of hanging (:mod:`.forking`).
 """
 import logging
 from typing import Iterable, Optional, Sequence, Tuple
@@ -18,8 +22,9 @@ from typing import Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .backends import BackendUnavailable, build_runner, check_backend_precision
+from .backends import BackendUnavailable, Recipe, Runner, build_runner, check_backend_precision
 from .export import resolve_input_size
+from .forking import refuse_in_forked_child, started
 from .machine import machine_info, native_bf16, native_int8
 from .outputs import Outputs, relative_error
 
@@ -47,8 +52,9 @@ class OptimizedModel(nn.Module):
         error: the verification error relative to the largest output of the plain model.
     """
 
-    def __init__(self, runner, backend: str, precision: str, input_size: Tuple[int, int, int], reason: str):
+    def __init__(self, runner: Runner, backend: str, precision: str, input_size: Tuple[int, ...], reason: str):
         super().__init__()
+        started(backend)
         self._runner = runner
         if runner.module is not None:
             self.module = runner.module
@@ -60,11 +66,30 @@ class OptimizedModel(nn.Module):
         if self.backend in ('onnxruntime', 'openvino') and tuple(x.shape[1:]) != self.input_size:
             raise ValueError(f'this {self.backend} model was built for inputs of shape (N, {", ".join(map(str, self.input_size))}), '
                              f'got {tuple(x.shape)}; optimize again with input_size=(C, H, W) for that size')
+        refuse_in_forked_child(self.backend)
         return self._runner.run(x)
+
+    def __reduce__(self):
+        """Pickled as the recipe that builds the same runtime again (weights, ONNX bytes or OpenVINO IR)."""
+        if self._runner.recipe is None:
+            raise TypeError(f'this OptimizedModel ({self.description}) has no recipe to rebuild it from, so it '
+                            'cannot be pickled; call optimize() in each process instead')
+        return _rebuild, (self._runner.recipe, self.backend, self.precision, self.input_size, self.reason,
+                          self.error)
 
     def extra_repr(self) -> str:
         error = f', error {self.error:.2g}' if self.error is not None else ''
         return f'backend={self.backend}, precision={self.precision}, input_size={self.input_size}{error}: {self.description}'
+
+
+def _rebuild(recipe: Recipe, backend: str, precision: str, input_size: Tuple[int, ...], reason: str,
+             error: Optional[float]) -> OptimizedModel:
+    """Unpickling: the runtime built again from its recipe (it was verified when first optimized)."""
+    refuse_in_forked_child(backend)
+    build, args = recipe
+    optimized = OptimizedModel(build(*args), backend, precision, input_size, reason)
+    optimized.error = error
+    return optimized
 
 
 def _installed(module: str) -> bool:
@@ -172,6 +197,7 @@ def optimize(
     else:
         reason = f'backend={backend!r} was asked for'
 
+    refuse_in_forked_child(backend)
     calibration = list(calibration) if calibration is not None else None
     model = model.eval()
     runner = build_runner(model, backend, precision, device, size, calibration)
