@@ -439,9 +439,44 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import missing_packages, run_server
+    if missing_packages():
+        raise CLIError(f'serve needs {", ".join(missing_packages())}: pip install "timm-sknet[serve]"')
+    for flag in ('workers', 'concurrency', 'topk', 'max_upload_mb', 'max_pixels'):
+        if getattr(args, flag) < 1:
+            raise CLIError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
+    # the cores this process may use, shared by every model call at once (torch threads back every backend)
+    args.threads = args.threads or max(1, torch.get_num_threads() // (args.workers * args.concurrency))
+    run_server({k: v for k, v in vars(args).items() if k != 'func'})
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from .serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
+                                     '(docs/serving.md)')
+    _add_model_args(p)
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument('--topk', type=int, default=5, help='classes per answer (default: 5)')
+    _add_runtime_args(p, default_backend='auto')
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: 127.0.0.1, this machine only; '
+                                                       '0.0.0.0 for every interface)')
+    p.add_argument('--port', type=int, default=8000, help='default: 8000; 0 picks a free one (printed)')
+    p.add_argument('--workers', type=int, default=1, help='server processes, each with its own model (default: 1)')
+    p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
+    p.add_argument('--threads', type=int, default=None,
+                   help="runtime threads per process (default: the machine's cores / (workers x concurrency))")
+    p.add_argument('--max-upload-mb', type=int, default=DEFAULT_MAX_UPLOAD_BYTES // 2 ** 20,
+                   help='largest upload in MiB (default: %(default)s)')
+    p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                   help='most pixels an image may have, checked before decoding (default: %(default)s)')
+    p.set_defaults(func=_cmd_serve)
+
+
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
-    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser,
+    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser, _add_serve_parser,
 )
 
 
