@@ -31,7 +31,8 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from timm_sknet.inference import optimize
-from timm_sknet.tools.cli import class_names, main
+from timm_sknet.tools.classify import class_names
+from timm_sknet.tools.cli import main
 from timm_sknet.tools.images import load_image
 from timm_sknet.tools.serve import create_app
 

@@ -4,6 +4,7 @@ With no subcommand it runs the main job: the model table, then the embedded mode
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,6 +18,7 @@ from ..errors import WeightsError
 from ..hub.failures import hub_model_errors
 from ..models.checkpoint import CheckpointError, model_from_checkpoint
 from ..models.complexity import PUBLISHED, measure
+from .classify import class_names
 from .images import ImageError
 
 __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
@@ -133,20 +135,6 @@ def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Mod
     print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): {optimized.description}',
           file=sys.stderr)
     return optimized
-
-
-def class_names(model: nn.Module) -> List[str]:
-    """Readable class names: ImageNet's for a 1000-class head, the cfg's ``label_names``, else indices."""
-    num_classes = int(getattr(model, 'num_classes', 0) or 0)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(num_classes)]
-    labels = cfg.get('label_names')
-    if labels and len(labels) == num_classes:
-        return [str(x) for x in labels]
-    return [f'class {i}' for i in range(num_classes)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -439,8 +427,30 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _serve_app(options: Dict[str, Any]):
+    """The app ``timm-sknet serve`` runs, from its parsed options: the model loaded, optimized, then served."""
+    from timm.data import create_transform
+
+    from .serve import create_app
+    args = argparse.Namespace(**options)
+    torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    _warn_random(args)
+    config = _data_config(model, args.img_size)
+    labels = class_names(model)
+    return create_app(_optimized(model, args, config['input_size']), transform=create_transform(**config),
+                      labels=labels, topk=args.topk, concurrency=args.concurrency,
+                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
+
+
+def serve_app_from_environment():
+    """uvicorn's app factory in each ``serve --workers N`` process: the options the command put in the environment."""
+    from .serve import ENV_OPTIONS
+    return _serve_app(json.loads(os.environ[ENV_OPTIONS]))
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import missing_packages, run_server
+    from .serve import ENV_OPTIONS, missing_packages, run
     if missing_packages():
         raise CLIError(f'serve needs {", ".join(missing_packages())}: pip install "timm-sknet[serve]"')
     for flag in ('workers', 'concurrency', 'topk', 'max_upload_mb', 'max_pixels'):
@@ -448,7 +458,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise CLIError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
     # the cores this process may use, shared by every model call at once (torch threads back every backend)
     args.threads = args.threads or max(1, torch.get_num_threads() // (args.workers * args.concurrency))
-    run_server({k: v for k, v in vars(args).items() if k != 'func'})
+    options = {k: v for k, v in vars(args).items() if k != 'func'}
+    app = _serve_app(options)  # here too with --workers: a bad option fails before the port opens
+    if args.workers > 1:  # each worker builds its own model (an optimized model is not shared across processes)
+        del app
+        os.environ[ENV_OPTIONS] = json.dumps(options)
+        app = f'{__name__}:serve_app_from_environment'
+    run(app, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

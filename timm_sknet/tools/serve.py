@@ -11,15 +11,14 @@ a worker thread, at most ``concurrency`` at once (an anyio limiter of its own, s
 ``timm-sknet serve`` runs it with uvicorn; docs/serving.md says how to size workers, concurrency and threads.
 """
 import io
-import json
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import torch
 from torch import nn
 
-__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_UPLOAD_BYTES', 'UploadError', 'app_from_options', 'create_app',
-           'decode_image', 'missing_packages', 'run_server', 'top_k']
+from .classify import class_names, top_k
+
+__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_UPLOAD_BYTES', 'UploadError', 'create_app', 'decode_image',
+           'missing_packages', 'run']
 
 #: the largest upload read (bytes); a camera JPEG is 2-10 MB
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
@@ -27,7 +26,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
 DEFAULT_MAX_PIXELS = 50_000_000
 #: the multipart field that holds the image (``curl -F file=@cat.jpg``)
 FIELD = 'file'
-#: where ``timm-sknet serve --workers N`` hands its options to each worker process (see :func:`app_from_environment`)
+#: where ``timm-sknet serve --workers N`` hands its options to each worker process
 ENV_OPTIONS = 'TIMM_SKNET_SERVE_OPTIONS'
 
 
@@ -64,15 +63,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise UploadError(422, f'the image could not be decoded ({e}); the file may be truncated or corrupt') from None
 
 
-def top_k(model: nn.Module, x: torch.Tensor, labels: Sequence[str], k: int = 5) -> List[List[Dict[str, Any]]]:
-    """Per image of the batch ``x``: the ``k`` most probable classes as ``{label, index, probability}``."""
-    with torch.inference_mode():
-        probs = model(x).float().softmax(dim=-1)
-    top = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    return [[dict(label=labels[i], index=i, probability=p) for p, i in zip(values.tolist(), indices.tolist())]
-            for values, indices in zip(top.values, top.indices)]
-
-
 def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labels: Optional[Sequence[str]]):
     """The model's own eval transform and class names where it has a ``pretrained_cfg`` (an optimized model has not)."""
     if transform is not None and labels is not None:
@@ -81,8 +71,6 @@ def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labe
         raise ValueError(f'{type(model).__name__} has no pretrained_cfg to take the preprocessing and class names '
                          'from; pass transform= and labels= (those of the model it was built from)')
     from timm.data import create_transform, resolve_data_config
-
-    from .cli import class_names
     return (transform or create_transform(**resolve_data_config(model=model)), labels or class_names(model))
 
 
@@ -166,40 +154,9 @@ def missing_packages() -> List[str]:
             if importlib.util.find_spec(module) is None]
 
 
-def app_from_options(options: Dict[str, Any]):
-    """The app ``timm-sknet serve`` runs, from its parsed options: the model loaded, optimized, then served."""
-    import argparse
-
-    from timm.data import create_transform
-
-    from .cli import _data_config, _optimized, _warn_random, class_names, load_model
-    args = argparse.Namespace(**options)
-    torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
-    model = load_model(args.model, args.pretrained, args.checkpoint)
-    _warn_random(args)
-    config = _data_config(model, args.img_size)
-    labels = class_names(model)
-    return create_app(_optimized(model, args, config['input_size']), transform=create_transform(**config),
-                      labels=labels, topk=args.topk, concurrency=args.concurrency,
-                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
-
-
-def app_from_environment():
-    """uvicorn's app factory in each ``--workers`` process: the options ``timm-sknet serve`` put in the environment."""
-    return app_from_options(json.loads(os.environ[ENV_OPTIONS]))
-
-
-def run_server(options: Dict[str, Any]) -> None:
-    """Serve until interrupted: one process (the app built here, so a bad option fails before the port opens),
-    or ``workers`` processes started by uvicorn, each building its own model (an optimized model is not shared
-    across processes)."""
+def run(app, host: str = '127.0.0.1', port: int = 8000, workers: int = 1) -> None:
+    """Serve ``app`` with uvicorn until interrupted; ``workers`` > 1 needs ``app`` as an import string of a factory
+    (``'module:function'``), which each worker process calls to build its own model."""
     import uvicorn
-
-    app = app_from_options(options)
-    common = dict(host=options['host'], port=options['port'], log_level='info', timeout_graceful_shutdown=10)
-    if options['workers'] == 1:
-        uvicorn.run(app, **common)
-        return
-    del app  # checked; each worker builds its own
-    os.environ[ENV_OPTIONS] = json.dumps(options)
-    uvicorn.run(f'{__name__}:app_from_environment', factory=True, workers=options['workers'], **common)
+    uvicorn.run(app, host=host, port=port, workers=workers, factory=isinstance(app, str), log_level='info',
+                timeout_graceful_shutdown=10)
