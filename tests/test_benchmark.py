@@ -1,12 +1,28 @@
 """The benchmark's bookkeeping: best paths, ratios, share of peak, the report format, and that every runner runs.
 
-Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results.
+Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results. The
+serve runner's figures are only checked to be consistent with each other (units, Little's law within 10x).
 """
 import json
+import os
 
 import pytest
+from helpers import serving
+from loopback_guard.sitecustomize import child_environment
 
-from timm_sknet.tools.benchmark import Report, gemm_peaks, markdown, summarize, time_alternating, write_report
+import timm
+
+from timm_sknet.tools.benchmark import (
+    Report,
+    ServeRunner,
+    gemm_peaks,
+    load_clients,
+    markdown,
+    summarize,
+    time_alternating,
+    write_report,
+)
+from timm_sknet.tools.serve import create_app
 
 
 def _row(path, batch, ips):
@@ -60,3 +76,24 @@ def test_time_alternating_calls_in_rotation_and_reports_medians():
 def test_gemm_peak_is_measured_per_precision_the_machine_runs():
     peaks = gemm_peaks(shapes=((64, 64, 64), (128, 64, 32)), runs=1)
     assert peaks['fp32'] > 0 and set(peaks) <= {'fp32', 'bf16'}
+
+
+def test_load_clients_counts_every_answer_and_every_failure():
+    from timm_sknet.tools.main_job import SAMPLES_DIR
+    image = sorted(SAMPLES_DIR.glob('*.png'))[0].read_bytes()
+    with serving(create_app(timm.create_model('sknet_tiny.synthetic', pretrained=True).eval(), concurrency=2)) as url:
+        good = load_clients(url, image, clients=3, requests=7)
+        bad = load_clients(url, b'not an image', clients=2, requests=3)
+    assert (good['clients'], good['requests'], good['failed']) == (3, 7, 0)
+    assert (bad['requests'], bad['failed']) == (3, 3)
+    assert 0 < good['p50_ms'] <= good['p99_ms']
+    # closed loop (each client sends its next request on the answer): throughput x latency ~ clients (Little's law)
+    assert 0.3 < good['requests_per_s'] * good['p50_ms'] / 1000 / 3 < 3
+
+
+def test_the_serve_runner_measures_the_real_server_at_each_client_count():
+    report = ServeRunner('sknet_tiny', quick=True, env=child_environment(dict(os.environ)), log=lambda _: None).run()
+    rows = report.tables['latency and throughput']
+    assert [(r['clients'], r['requests'], r['failed']) for r in rows] == [(1, 4, 0), (2, 4, 0)]
+    assert all(r['setup'].startswith('1 worker(s) x 1 call(s)') and r['p50_ms'] <= r['p99_ms'] for r in rows)
+    assert 'sknet_tiny' in report.title and report.machine['description']

@@ -5,15 +5,9 @@ its 4xx with a message, and the server answers correctly afterwards; the model i
 than the limit; the command line serves from worker processes and stops on SIGINT. Servers listen on an
 ephemeral port and are stopped by the tests, each within a time bound.
 """
-import contextlib
 import io
 import os
-import re
-import signal
-import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -23,7 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 import torch
-import uvicorn
+from helpers import serving
 from loopback_guard.sitecustomize import child_environment
 from PIL import Image
 
@@ -31,6 +25,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from timm_sknet.inference import optimize
+from timm_sknet.tools.benchmark import serving_process
 from timm_sknet.tools.classify import class_names
 from timm_sknet.tools.cli import main
 from timm_sknet.tools.images import load_image
@@ -38,7 +33,6 @@ from timm_sknet.tools.serve import create_app
 
 MODEL = 'sknet_tiny.synthetic'
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / 'timm_sknet' / 'tools' / 'samples').glob('*.png'))
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -52,27 +46,6 @@ def reference(model):
     transform = create_transform(**resolve_data_config(model=model))
     with torch.inference_mode():
         return {p.name: model(transform(load_image(p))[None]).softmax(-1)[0] for p in SAMPLES}
-
-
-@contextlib.contextmanager
-def serving(app, start_timeout: float = 30, stop_timeout: float = 15):
-    """``app`` under uvicorn in a thread, on 127.0.0.1 at a port the kernel picks; yields its URL, then stops it."""
-    sock = socket.socket()
-    sock.bind(('127.0.0.1', 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level='warning', timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={'sockets': [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, 'the server did not start'
-        time.sleep(0.02)
-    try:
-        yield f'http://127.0.0.1:{sock.getsockname()[1]}'
-    finally:
-        server.should_exit = True
-        thread.join(stop_timeout)
-        sock.close()
-        assert not thread.is_alive(), 'the server did not stop'
 
 
 def post(client, url: str, path: Path, raw: bool = False) -> httpx2.Response:
@@ -201,34 +174,12 @@ def test_an_image_at_the_limits_is_served(strict_server):
 
 
 def test_the_command_line_serves_from_worker_processes_and_stops_on_sigint(reference, model):
-    command = [sys.executable, '-m', 'timm_sknet', 'serve', '--model', MODEL, '--pretrained', '--backend', 'eager',
-               '--port', '0', '--workers', '2']
-    proc = subprocess.Popen(command, cwd=ROOT, env=child_environment(dict(os.environ)),
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        lines, deadline = [], time.monotonic() + 120
-        while not any('Uvicorn running on' in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, ''.join(lines)
-            lines.append(proc.stderr.readline())
-        url = re.search(r'(http://127\.0\.0\.1:\d+)', lines[-1]).group(1)
-        labels = class_names(model)
+    arguments = ['--model', MODEL, '--pretrained', '--backend', 'eager', '--workers', '2']
+    with serving_process(arguments, env=child_environment(dict(os.environ)), timeout=120) as url:
         with httpx2.Client(timeout=60) as http:
-            while True:  # uvicorn prints the address when it binds; each worker listens once its model is built
-                with contextlib.suppress(httpx2.ConnectError):
-                    if http.get(f'{url}/health').status_code == 200:
-                        break
-                assert proc.poll() is None and time.monotonic() < deadline, 'no worker started'
-                time.sleep(0.2)
             for path in SAMPLES[:4]:
-                assert_answer(post(http, url, path), reference[path.name], labels)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        finally:
-            proc.kill()
-            proc.stderr.close()
-    assert proc.returncode == 0
+                assert_answer(post(http, url, path), reference[path.name], class_names(model))
+    # leaving the block interrupted it, and raised unless it ended with status 0 within 30 s
 
 
 @pytest.mark.parametrize('flag', ['--workers', '--concurrency', '--max-pixels'])

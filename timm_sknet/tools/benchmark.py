@@ -10,20 +10,30 @@ writes as JSON and markdown.
 * :class:`EagerRunner` (``eager``): eager inference (folded) and training steps with their peak memory;
 * :class:`BackboneRunner` (``backbone``): ``features_only`` at 640 px as detectors run it: eager, plain and folded,
   fp32 and under bf16 autocast, in both memory layouts;
-* :func:`int8_accuracy` (``int8-accuracy``): what int8 costs in accuracy, where that can be measured offline.
+* :func:`int8_accuracy` (``int8-accuracy``): what int8 costs in accuracy, where that can be measured offline;
+* :class:`ServeRunner` (``serve``): the HTTP service under concurrent clients, latency p50 / p99 and throughput,
+  for each way of sharing the cores between worker processes, concurrent calls and runtime threads.
 
 Timed calls alternate between everything measured (A B C A B C ...) so that the machine's noise hits all alike;
 the figure is the median. The peak is the best matrix-product rate (``torch.mm``) of a few shapes, per dtype,
 measured in the same run. ``timm-sknet bench <runner>`` runs one; ``benchmarks/run.sh`` runs them all into
 ``benchmarks/results/``.
 """
+import contextlib
 import copy
+import io
 import json
+import re
+import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,8 +45,9 @@ from ..file_io import write_text_atomic
 from ..inference import BackendUnavailable, fuse_model, machine_info, native_bf16, optimize
 from ..models.complexity import count_macs
 
-__all__ = ['BackboneRunner', 'BenchmarkRunner', 'EagerRunner', 'InferenceRunner', 'RUNNERS', 'Report', 'gemm_peaks',
-           'int8_accuracy', 'markdown', 'time_alternating', 'write_report']
+__all__ = ['BackboneRunner', 'BenchmarkRunner', 'EagerRunner', 'InferenceRunner', 'RUNNERS', 'Report', 'ServeRunner',
+           'gemm_peaks', 'int8_accuracy', 'load_clients', 'markdown', 'serving_process', 'time_alternating',
+           'write_report']
 
 GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 1024, 1024), (512, 4096, 512))
 #: (backend, precision) run for both models, and for ours only
@@ -383,7 +394,118 @@ class BackboneRunner(BenchmarkRunner):
         return Report(self.title('Detection backbone (features_only), eager'), machine, tables)
 
 
-RUNNERS = {r.name: r for r in (InferenceRunner, EagerRunner, BackboneRunner)}
+@contextlib.contextmanager
+def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = None,
+                    timeout: float = 300) -> Iterator[str]:
+    """``timm-sknet serve ARGUMENTS --port 0`` in a child process; yields its URL once a worker answers, then
+    interrupts it (SIGINT, as Ctrl+C). Raises RuntimeError if it does not start, or does not end cleanly."""
+    import httpx2
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_sknet', 'serve', *arguments, '--port', '0'],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, lines = time.monotonic() + timeout, ['']
+        while 'Uvicorn running on' not in lines[-1]:  # printed once it has bound the port
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError('timm-sknet serve did not start:\n' + ''.join(lines))
+            lines.append(proc.stderr.readline())
+        url = re.search(r'http://[\w.]+:\d+', lines[-1]).group(0)
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain its log: a full pipe would block it
+        while True:  # with --workers, each worker listens once it has built its model
+            with contextlib.suppress(httpx2.TransportError):
+                if httpx2.get(f'{url}/health', timeout=timeout).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'timm-sknet serve bound {url} but no worker answered')
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError('timm-sknet serve did not stop within 30 s of SIGINT') from None
+    if proc.returncode != 0:
+        raise RuntimeError(f'timm-sknet serve ended with status {proc.returncode}')
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method='inclusive')[q - 1] if len(values) > 1 else values[0]
+
+
+def load_clients(url: str, image: bytes, clients: int, requests: int) -> Dict[str, Any]:
+    """``clients`` threads, each with its own connection, post ``image`` in turn until ``requests`` were answered:
+    latency p50 / p99 (ms) and requests per second, with the count of answers that were not 200."""
+    import httpx2
+
+    def client(n: int) -> List[Tuple[float, int]]:
+        timings = []
+        with httpx2.Client(timeout=300) as http:
+            for _ in range(n):
+                start = time.perf_counter()
+                status = http.post(f'{url}/predict', files={'file': ('image.jpg', image, 'image/jpeg')}).status_code
+                timings.append((time.perf_counter() - start, status))
+        return timings
+
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        timings = [t for part in pool.map(client, shares) for t in part]
+    seconds = time.perf_counter() - start
+    latencies = [1000 * t for t, _ in timings]
+    return dict(clients=clients, requests=len(timings), failed=sum(status != 200 for _, status in timings),
+                p50_ms=statistics.median(latencies), p99_ms=_percentile(latencies, 99),
+                requests_per_s=len(timings) / seconds)
+
+
+class ServeRunner:
+    """``timm-sknet serve`` under concurrent clients (latency p50 / p99, throughput), for each way of sharing the
+    cores: worker processes x model calls at once per process x runtime threads per call.
+
+    The server runs in a child process as users run it; the clients are threads of this process posting a
+    640x480 JPEG, so decoding and resizing are measured with the model.
+    """
+    name = 'serve'
+
+    def __init__(self, our_model: str = 'sknet50', backend: str = 'eager', image_size: Optional[int] = None,
+                 clients: Sequence[int] = (1, 2, 4), requests: int = 96,
+                 setups: Optional[Sequence[Tuple[int, int, int]]] = None, quick: bool = False,
+                 env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = print):
+        cores = torch.get_num_threads()
+        default = [(1, 1, cores), (1, cores, 1), (cores, 1, 1)]  # (workers, concurrency, threads)
+        if quick:  # proves it runs, measures nothing
+            image_size, clients, requests, default = image_size or 64, (1, 2), 4, default[:1]
+        self.model, self.backend, self.image_size, self.quick = our_model, backend, image_size or 224, quick
+        self.clients, self.requests, self.setups = tuple(clients), requests, list(setups or default)
+        self.env, self.log = env, log
+
+    def _image(self) -> bytes:
+        from PIL import Image
+
+        from .main_job import SAMPLES_DIR
+        out = io.BytesIO()
+        with Image.open(sorted(SAMPLES_DIR.glob('*.png'))[0]) as image:
+            image.convert('RGB').resize((640, 480)).save(out, 'JPEG', quality=90)
+        return out.getvalue()
+
+    def run(self) -> Report:
+        image, rows = self._image(), []
+        for workers, concurrency, threads in self.setups:
+            setup = f'{workers} worker(s) x {concurrency} call(s) x {threads} thread(s)'
+            arguments = ['--model', self.model, '--backend', self.backend, '--img-size', str(self.image_size),
+                         '--workers', str(workers), '--concurrency', str(concurrency), '--threads', str(threads)]
+            with serving_process(arguments, self.env) as url:
+                for clients in self.clients:
+                    load_clients(url, image, clients, 2 * clients)  # warm-up: every worker and connection
+                    rows.append(dict(setup=setup, **load_clients(url, image, clients, self.requests)))
+                    self.log(f'  {setup}, {clients} clients: {rows[-1]["requests_per_s"]:.1f} requests/s, '
+                             f'p50 {rows[-1]["p50_ms"]:.0f} ms, p99 {rows[-1]["p99_ms"]:.0f} ms')
+        title = (f'HTTP service (timm-sknet serve): {self.model}, {self.backend}, {self.image_size} px, a 640x480 '
+                 f'JPEG per request, {self.requests} timed requests per row')
+        return Report(title, describe_machine(), {'latency and throughput': rows})
+
+
+RUNNERS = {r.name: r for r in (InferenceRunner, EagerRunner, BackboneRunner, ServeRunner)}
 
 
 def int8_accuracy(tiny_images: int = 1200, sknet50_images: int = 64, log: Callable[[str], None] = print) -> Report:

@@ -196,6 +196,9 @@ def _add_predict_parser(sub) -> None:
 def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The runner's keyword arguments from the command line (each runner takes its own)."""
     from .benchmark import OUR_PATHS
+    if args.what == 'serve':
+        return dict(our_model=args.model or 'sknet50', backend='eager' if args.backend == 'all' else args.backend,
+                    image_size=args.image_size, quick=args.quick)
     options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
     options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
     if args.what == 'inference':
@@ -231,10 +234,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench_parser(sub) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
-    p.add_argument('what', nargs='?', default='inference', choices=('inference', 'eager', 'backbone', 'int8-accuracy'),
+    p.add_argument('what', nargs='?', default='inference',
+                   choices=('inference', 'eager', 'backbone', 'int8-accuracy', 'serve'),
                    help='inference: every backend and precision of optimize, vs timm run the same ways (default); '
                         'eager: eager inference and training steps with peak memory; backbone: features_only at '
-                        '640 px as detectors run it; int8-accuracy: int8 against fp32')
+                        '640 px as detectors run it; int8-accuracy: int8 against fp32; serve: the HTTP service under '
+                        '1, 2 and 4 clients (--backend: default eager)')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
