@@ -46,7 +46,7 @@ from ..inference import BackendUnavailable, fuse_model, machine_info, native_bf1
 from ..models.complexity import count_macs
 
 __all__ = ['BackboneRunner', 'BenchmarkRunner', 'EagerRunner', 'InferenceRunner', 'RUNNERS', 'Report', 'ServeRunner',
-           'gemm_peaks', 'int8_accuracy', 'load_clients', 'markdown', 'serving_process', 'time_alternating',
+           'gemm_peaks', 'int8_accuracy', 'Load', 'load_clients', 'markdown', 'serving_process', 'time_alternating',
            'write_report']
 
 GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 1024, 1024), (512, 4096, 512))
@@ -429,13 +429,28 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
         raise RuntimeError(f'timm-sknet serve ended with status {proc.returncode}')
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method='inclusive')[q - 1] if len(values) > 1 else values[0]
+@dataclass
+class Load:
+    """What clients saw: per request its latency (s) and HTTP status, and the wall time (s) they took together."""
+    timings: List[Tuple[float, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __iadd__(self, other: 'Load') -> 'Load':
+        self.timings += other.timings
+        self.seconds += other.seconds
+        return self
+
+    def summary(self) -> Dict[str, Any]:
+        """requests, failed (not 200), p50 / p99 latency in ms, and requests per second."""
+        ms = sorted(1000 * t for t, _ in self.timings)
+        return dict(requests=len(ms), failed=sum(status != 200 for _, status in self.timings),
+                    p50_ms=statistics.median(ms), p99_ms=ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))],
+                    requests_per_s=len(ms) / self.seconds)
 
 
-def load_clients(url: str, image: bytes, clients: int, requests: int) -> Dict[str, Any]:
-    """``clients`` threads, each with its own connection, post ``image`` in turn until ``requests`` were answered:
-    latency p50 / p99 (ms) and requests per second, with the count of answers that were not 200."""
+def load_clients(url: str, image: bytes, clients: int, requests: int) -> Load:
+    """``clients`` threads, each with its own connection, post ``image`` to ``url``/predict, each sending its next
+    request on the answer to its last, until ``requests`` were answered."""
     import httpx2
 
     def client(n: int) -> List[Tuple[float, int]]:
@@ -451,33 +466,30 @@ def load_clients(url: str, image: bytes, clients: int, requests: int) -> Dict[st
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         timings = [t for part in pool.map(client, shares) for t in part]
-    seconds = time.perf_counter() - start
-    latencies = [1000 * t for t, _ in timings]
-    return dict(clients=clients, requests=len(timings), failed=sum(status != 200 for _, status in timings),
-                p50_ms=statistics.median(latencies), p99_ms=_percentile(latencies, 99),
-                requests_per_s=len(timings) / seconds)
+    return Load(timings, time.perf_counter() - start)
 
 
 class ServeRunner:
     """``timm-sknet serve`` under concurrent clients (latency p50 / p99, throughput), for each way of sharing the
     cores: worker processes x model calls at once per process x runtime threads per call.
 
-    The server runs in a child process as users run it; the clients are threads of this process posting a
-    640x480 JPEG, so decoding and resizing are measured with the model.
+    Every setup is served at once, each by its own ``timm-sknet serve`` process as users run it (an idle server
+    takes no CPU); the clients, threads of this process posting a 640x480 JPEG (so decoding and resizing count),
+    load one server at a time, in rotation over ``rounds``, so that the machine's noise hits all alike.
     """
     name = 'serve'
 
     def __init__(self, our_model: str = 'sknet50', backend: str = 'eager', image_size: Optional[int] = None,
-                 clients: Sequence[int] = (1, 2, 4), requests: int = 96,
+                 clients: Sequence[int] = (1, 2, 4), requests: int = 96, rounds: int = 3,
                  setups: Optional[Sequence[Tuple[int, int, int]]] = None, quick: bool = False,
                  env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = print):
         cores = torch.get_num_threads()
         default = [(1, 1, cores), (1, cores, 1), (cores, 1, 1)]  # (workers, concurrency, threads)
         if quick:  # proves it runs, measures nothing
-            image_size, clients, requests, default = image_size or 64, (1, 2), 4, default[:1]
+            image_size, clients, requests, rounds, default = image_size or 64, (1, 2), 4, 2, default[:1]
         self.model, self.backend, self.image_size, self.quick = our_model, backend, image_size or 224, quick
-        self.clients, self.requests, self.setups = tuple(clients), requests, list(setups or default)
-        self.env, self.log = env, log
+        self.clients, self.requests, self.rounds = tuple(clients), requests, rounds
+        self.setups, self.env, self.log = list(setups or default), env, log
 
     def _image(self) -> bytes:
         from PIL import Image
@@ -488,20 +500,28 @@ class ServeRunner:
             image.convert('RGB').resize((640, 480)).save(out, 'JPEG', quality=90)
         return out.getvalue()
 
+    def _arguments(self, workers: int, concurrency: int, threads: int) -> List[str]:
+        return ['--model', self.model, '--backend', self.backend, '--img-size', str(self.image_size),
+                '--workers', str(workers), '--concurrency', str(concurrency), '--threads', str(threads)]
+
     def run(self) -> Report:
         image, rows = self._image(), []
-        for workers, concurrency, threads in self.setups:
-            setup = f'{workers} worker(s) x {concurrency} call(s) x {threads} thread(s)'
-            arguments = ['--model', self.model, '--backend', self.backend, '--img-size', str(self.image_size),
-                         '--workers', str(workers), '--concurrency', str(concurrency), '--threads', str(threads)]
-            with serving_process(arguments, self.env) as url:
-                for clients in self.clients:
-                    load_clients(url, image, clients, 2 * clients)  # warm-up: every worker and connection
-                    rows.append(dict(setup=setup, **load_clients(url, image, clients, self.requests)))
-                    self.log(f'  {setup}, {clients} clients: {rows[-1]["requests_per_s"]:.1f} requests/s, '
+        names = [f'{w} worker(s) x {c} call(s) x {t} thread(s)' for w, c, t in self.setups]
+        with contextlib.ExitStack() as stack:
+            urls = [stack.enter_context(serving_process(self._arguments(*setup), self.env)) for setup in self.setups]
+            for clients in self.clients:
+                loads = {name: Load() for name in names}
+                for url in urls:  # warm-up: every worker process and every connection
+                    load_clients(url, image, clients, 2 * clients)
+                for _ in range(self.rounds):
+                    for name, url in zip(names, urls):
+                        loads[name] += load_clients(url, image, clients, max(1, self.requests // self.rounds))
+                for name, load in loads.items():
+                    rows.append(dict(setup=name, clients=clients, **load.summary()))
+                    self.log(f'  {name}, {clients} clients: {rows[-1]["requests_per_s"]:.1f} requests/s, '
                              f'p50 {rows[-1]["p50_ms"]:.0f} ms, p99 {rows[-1]["p99_ms"]:.0f} ms')
         title = (f'HTTP service (timm-sknet serve): {self.model}, {self.backend}, {self.image_size} px, a 640x480 '
-                 f'JPEG per request, {self.requests} timed requests per row')
+                 f'JPEG per request, {self.requests} timed requests per row in {self.rounds} alternating rounds')
         return Report(title, describe_machine(), {'latency and throughput': rows})
 
 
