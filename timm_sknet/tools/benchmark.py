@@ -23,6 +23,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import re
 import signal
 import statistics
@@ -505,7 +506,7 @@ class ServeRunner:
                 '--workers', str(workers), '--concurrency', str(concurrency), '--threads', str(threads)]
 
     def run(self) -> Report:
-        image, rows = self._image(), []
+        image, rows, load_before = self._image(), [], os.getloadavg()[0]
         names = [f'{w} worker(s) x {c} call(s) x {t} thread(s)' for w, c, t in self.setups]
         with contextlib.ExitStack() as stack:
             urls = [stack.enter_context(serving_process(self._arguments(*setup), self.env)) for setup in self.setups]
@@ -521,7 +522,9 @@ class ServeRunner:
                     self.log(f'  {name}, {clients} clients: {rows[-1]["requests_per_s"]:.1f} requests/s, '
                              f'p50 {rows[-1]["p50_ms"]:.0f} ms, p99 {rows[-1]["p99_ms"]:.0f} ms')
         title = (f'HTTP service (timm-sknet serve): {self.model}, {self.backend}, {self.image_size} px, a 640x480 '
-                 f'JPEG per request, {self.requests} timed requests per row in {self.rounds} alternating rounds')
+                 f'JPEG per request, {self.requests} timed requests per row in {self.rounds} alternating rounds; '
+                 f'load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other processes share '
+                 f'the cores when it is above 0)')
         return Report(title, describe_machine(), {'latency and throughput': rows})
 
 

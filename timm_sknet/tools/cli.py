@@ -487,7 +487,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument('--workers', type=int, default=1, help='server processes, each with its own model (default: 1)')
     p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
     p.add_argument('--threads', type=int, default=None,
-                   help="runtime threads per process (default: the machine's cores / (workers x concurrency))")
+                   help="runtime threads of each model call (default: the machine's cores / (workers x concurrency))")
     p.add_argument('--max-upload-mb', type=int, default=DEFAULT_MAX_UPLOAD_BYTES // 2 ** 20,
                    help='largest upload in MiB (default: %(default)s)')
     p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
