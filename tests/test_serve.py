@@ -64,7 +64,7 @@ def assert_answer(response: httpx2.Response, probs: torch.Tensor, labels, k: int
     assert [p['probability'] for p in predictions] == pytest.approx(probs.topk(k).values.tolist(), abs=1e-4)
 
 
-@pytest.mark.parametrize('backend', ['eager', 'onnxruntime'])
+@pytest.mark.parametrize('backend', ['eager', 'onnxruntime', 'openvino'])
 def test_concurrent_clients_each_get_the_models_answer_for_their_image(model, reference, backend):
     config = resolve_data_config(model=model)
     optimized = optimize(model, backend, input_size=config['input_size'])

@@ -113,7 +113,8 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
         labels: class names by index (default: the model's, as ``timm-sknet predict`` prints them).
         topk: classes per answer.
         concurrency: model calls at once (worker threads); the rest wait without holding a thread.
-        max_upload_bytes, max_pixels: the largest upload, and the most pixels an image may have.
+        max_upload_bytes: the largest upload.
+        max_pixels: the most pixels an image may have.
     """
     import anyio
     from fastapi import FastAPI, HTTPException, Request
