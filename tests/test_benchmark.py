@@ -107,7 +107,8 @@ def test_load_summary_is_numpys_median_and_nearest_rank_percentile():
     import random
 
     import numpy as np
-    seconds = [random.Random(0).uniform(0.01, 2.0) for _ in range(157)]
+    rng = random.Random(0)
+    seconds = [rng.uniform(0.01, 2.0) for _ in range(157)]
     load = Load([(s, 200) for s in seconds] + [(0.5, 422), (0.7, 503)], seconds=40.0)
     summary = load.summary()
     ms = np.array(seconds + [0.5, 0.7]) * 1000
