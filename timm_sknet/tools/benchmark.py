@@ -24,7 +24,7 @@ import copy
 import io
 import json
 import os
-import re
+import queue
 import signal
 import statistics
 import subprocess
@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -403,14 +403,25 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
     import httpx2
     proc = subprocess.Popen([sys.executable, '-m', 'timm_sknet', 'serve', *arguments, '--port', '0'],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: 'queue.Queue[Optional[str]]' = queue.Queue()
+
+    def read(stream: IO[str]) -> None:  # to its end: a full pipe would block the server
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=read, args=(proc.stderr,), daemon=True).start()
     try:
-        deadline, lines = time.monotonic() + timeout, ['']
-        while 'Uvicorn running on' not in lines[-1]:  # printed once it has bound the port
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('timm-sknet serve did not start:\n' + ''.join(lines))
-            lines.append(proc.stderr.readline())
-        url = re.search(r'http://[\w.]+:\d+', lines[-1]).group(0)
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain its log: a full pipe would block it
+        deadline, log = time.monotonic() + timeout, ['']
+        while 'Uvicorn running on' not in log[-1]:  # printed once it has bound the port
+            try:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:  # it ended (its log is whole), or the time is up
+                waited = f' within {timeout:.0f} s' if time.monotonic() > deadline else ''
+                raise RuntimeError(f'timm-sknet serve did not start{waited}:\n' + ''.join(log))
+            log.append(line)
+        url = log[-1].split('Uvicorn running on ', 1)[1].split()[0]
         while True:  # with --workers, each worker listens once it has built its model
             with contextlib.suppress(httpx2.TransportError):
                 if httpx2.get(f'{url}/health', timeout=timeout).status_code == 200:
