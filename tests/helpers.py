@@ -1,4 +1,8 @@
 """Small utilities shared by the tests (no test logic here)."""
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -68,3 +72,25 @@ def naive_selective_kernel(
     logits = (z @ attn.fc_select.weight.flatten(1).t()).view(x.shape[0], m, -1)  # A z, B z, ...
     a = torch.softmax(logits, dim=1)                     # Eq. 5: softmax across paths, per channel
     return sum(a[:, i, :, None, None] * feats[i] for i in range(m))  # Eq. 6: V = sum_m a_m U_m
+
+
+@contextlib.contextmanager
+def serving(app, start_timeout: float = 30, stop_timeout: float = 15):
+    """``app`` under uvicorn in a thread, on 127.0.0.1 at a port the kernel picks; yields its URL, then stops it."""
+    import uvicorn
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level='warning', timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={'sockets': [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, 'the server did not start'
+        time.sleep(0.02)
+    try:
+        yield f'http://127.0.0.1:{sock.getsockname()[1]}'
+    finally:
+        server.should_exit = True
+        thread.join(stop_timeout)
+        sock.close()
+        assert not thread.is_alive(), 'the server did not stop'

@@ -1,24 +1,34 @@
 """The benchmark's bookkeeping: best paths, ratios, share of peak, the report format, and that every runner runs.
 
-Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results.
+Timing itself is not tested (no timed tests): the figures are the benchmark's output, in benchmarks/results. The
+serve runner's figures are only checked to be consistent with each other (units, Little's law within 10x).
 """
 import json
+import os
 import threading
 import time
 
 import pytest
 import torch
+from helpers import serving
+from loopback_guard.sitecustomize import child_environment
+
+import timm
 
 from timm_sknet.tools.benchmark import (
     ConcurrencyRunner,
+    Load,
     Report,
+    ServeRunner,
     concurrent_rate,
     gemm_peaks,
+    load_clients,
     markdown,
     summarize,
     time_alternating,
     write_report,
 )
+from timm_sknet.tools.serve import create_app
 
 
 def _row(path, batch, ips):
@@ -95,3 +105,42 @@ def test_concurrency_runner_reports_each_caller_count_against_one_caller():
     assert [(r['path'], r['callers']) for r in rows] == [('eager fp32', 1), ('eager fp32', 2)]
     assert rows[0]['vs_one_caller'] == 1.0
     assert rows[1]['vs_one_caller'] == rows[1]['images_per_s'] / rows[0]['images_per_s']
+
+
+def test_load_clients_counts_every_answer_and_every_failure():
+    from timm_sknet.tools.main_job import SAMPLES_DIR
+    image = sorted(SAMPLES_DIR.glob('*.png'))[0].read_bytes()
+    with serving(create_app(timm.create_model('sknet_tiny.synthetic', pretrained=True).eval(), concurrency=2)) as url:
+        good = load_clients(url, image, clients=2, requests=6)
+        good += load_clients(url, image, clients=2, requests=5)
+        bad = load_clients(url, b'not an image', clients=2, requests=3).summary()
+    assert len(good.timings) == 11 and good.seconds >= max(t for t, _ in good.timings)
+    good = good.summary()
+    assert (good['requests'], good['failed']) == (11, 0)
+    assert (bad['requests'], bad['failed']) == (3, 3)
+    assert 0 < good['p50_ms'] <= good['p99_ms']
+    # closed loop (each client sends its next request on the answer): throughput x latency ~ clients (Little's law)
+    assert 0.3 < good['requests_per_s'] * good['p50_ms'] / 1000 / 2 < 3
+
+
+def test_the_serve_runner_measures_the_real_server_at_each_client_count():
+    report = ServeRunner('sknet_tiny', quick=True, env=child_environment(dict(os.environ)), log=lambda _: None).run()
+    rows = report.tables['latency and throughput']
+    assert [(r['clients'], r['requests'], r['failed']) for r in rows] == [(1, 4, 0), (2, 4, 0)]
+    assert all(r['setup'].startswith('1 worker(s) x 1 call(s)') and r['p50_ms'] <= r['p99_ms'] for r in rows)
+    assert 'sknet_tiny' in report.title and report.machine['description']
+
+
+def test_load_summary_is_numpys_median_and_nearest_rank_percentile():
+    import random
+
+    import numpy as np
+    rng = random.Random(0)
+    seconds = [rng.uniform(0.01, 2.0) for _ in range(157)]
+    load = Load([(s, 200) for s in seconds] + [(0.5, 422), (0.7, 503)], seconds=40.0)
+    summary = load.summary()
+    ms = np.array(seconds + [0.5, 0.7]) * 1000
+    assert (summary['requests'], summary['failed']) == (159, 2)
+    assert summary['p50_ms'] == pytest.approx(np.median(ms))
+    assert summary['p99_ms'] == pytest.approx(np.percentile(ms, 99, method='nearest'))
+    assert summary['requests_per_s'] == pytest.approx(159 / 40.0)

@@ -21,27 +21,14 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from ..inference import optimize
+from .classify import class_names
 from .images import load_image
 
-__all__ = ['IMAGE_EXTENSIONS', 'Batch', 'BatchPredictor', 'ImageFiles', 'class_names', 'collate', 'decode',
+__all__ = ['IMAGE_EXTENSIONS', 'Batch', 'BatchPredictor', 'ImageFiles', 'collate', 'decode',
            'find_images', 'image_batches', 'read_file_list']
 
 #: what a folder is searched for (case-insensitive); globs and file lists name their files themselves
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff', '.gif')
-
-
-def class_names(model: nn.Module) -> List[str]:
-    """Readable class names: ImageNet's for a 1000-class head, the cfg's ``label_names``, else indices."""
-    num_classes = int(getattr(model, 'num_classes', 0) or 0)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(num_classes)]
-    labels = cfg.get('label_names')
-    if labels and len(labels) == num_classes:
-        return [str(x) for x in labels]
-    return [f'class {i}' for i in range(num_classes)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..errors import WeightsError, command_line_context
 from ..hub.failures import hub_model_errors
 from ..models.checkpoint import CheckpointError, model_from_checkpoint
 from ..models.complexity import PAPER, WEIGHTS_TOP1, measure
-from .bulk import class_names  # noqa: F401  (part of this module's API before bulk.py)
+from .classify import class_names
 from .help_format import Parser
 from .images import ImageError
 
@@ -130,6 +130,19 @@ def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
     return calibration_batches(model, args.calibration_dir, num_images=args.calibration_images, input_size=input_size)
 
 
+def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Module:
+    """``model`` through ``timm_sknet.inference.optimize`` at ``--backend`` / ``--precision``."""
+    from ..inference import BackendUnavailable, OptimizationError, optimize
+    try:
+        calibration = _calibration(model, args, input_size)
+        optimized = optimize(model, args.backend, args.precision, input_size=input_size, calibration=calibration)
+    except (BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): {optimized.description}',
+          file=sys.stderr)
+    return optimized
+
+
 # ---------------------------------------------------------------------------------------------------------
 # subcommands: one _cmd_<name> and one _add_<name>_parser each
 # ---------------------------------------------------------------------------------------------------------
@@ -209,6 +222,9 @@ def _add_predict_parser(sub) -> None:
 def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The runner's keyword arguments from the command line (each runner takes its own)."""
     from .benchmark import OUR_PATHS, ConcurrencyRunner
+    if args.what == 'serve':
+        return dict(our_model=args.model or 'sknet50', backend='eager' if args.backend == 'all' else args.backend,
+                    image_size=args.image_size, quick=args.quick)
     options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
     options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
     if args.what in ('inference', 'concurrency'):
@@ -246,11 +262,12 @@ def _add_bench_parser(sub) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
     p.add_argument('what', nargs='?', default='inference',
-                   choices=('inference', 'eager', 'backbone', 'concurrency', 'int8-accuracy'),
+                   choices=('inference', 'eager', 'backbone', 'concurrency', 'int8-accuracy', 'serve'),
                    help='inference: every backend and precision of optimize, vs timm run the same ways; '
                         'eager: eager inference and training steps with peak memory; backbone: features_only at '
                         '640 px as detectors run it; concurrency: one optimized model called from 1, 2 and 4 '
-                        'threads at once, per backend; int8-accuracy: int8 against fp32')
+                        'threads at once, per backend; int8-accuracy: int8 against fp32; serve: the HTTP service '
+                        'under 1, 2 and 4 clients (--backend: default eager)')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
@@ -452,9 +469,72 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _serve_app(options: Dict[str, Any]):
+    """The app ``timm-sknet serve`` runs, from its parsed options: the model loaded, optimized, then served."""
+    from timm.data import create_transform
+
+    from .serve import create_app
+    args = argparse.Namespace(**options)
+    torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    _warn_random(args)
+    config = _data_config(model, args.img_size)
+    labels = class_names(model)
+    return create_app(_optimized(model, args, config['input_size']), transform=create_transform(**config),
+                      labels=labels, topk=args.topk, concurrency=args.concurrency,
+                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
+
+
+def serve_app_from_environment():
+    """uvicorn's app factory in each ``serve --workers N`` process: the options the command put in the environment."""
+    from .serve import ENV_OPTIONS
+    return _serve_app(json.loads(os.environ[ENV_OPTIONS]))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ENV_OPTIONS, missing_packages, run
+    if missing_packages():
+        raise CLIError(f'serve needs {", ".join(missing_packages())}: pip install "timm-sknet[serve]"')
+    for flag in ('workers', 'concurrency', 'topk', 'max_upload_mb', 'max_pixels'):
+        if getattr(args, flag) < 1:
+            raise CLIError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
+    # the cores this process may use, shared by every model call at once (torch threads back every backend)
+    args.threads = args.threads or max(1, torch.get_num_threads() // (args.workers * args.concurrency))
+    options = {k: v for k, v in vars(args).items() if k != 'func'}
+    app = _serve_app(options)  # here too with --workers: a bad option fails before the port opens
+    if args.workers > 1:  # each worker builds its own model (an optimized model is not shared across processes)
+        del app
+        os.environ[ENV_OPTIONS] = json.dumps(options)
+        app = f'{__name__}:serve_app_from_environment'
+    run(app, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from .serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
+                                     '(docs/serving.md)')
+    _add_model_args(p)
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument('--topk', type=int, default=5, help='classes per answer (default: 5)')
+    _add_runtime_args(p, default_backend='auto')
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: 127.0.0.1, this machine only; '
+                                                       '0.0.0.0 for every interface)')
+    p.add_argument('--port', type=int, default=8000, help='default: 8000; 0 picks a free one (printed)')
+    p.add_argument('--workers', type=int, default=1, help='server processes, each with its own model (default: 1)')
+    p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
+    p.add_argument('--threads', type=int, default=None,
+                   help="runtime threads of each model call (default: the machine's cores / (workers x concurrency))")
+    p.add_argument('--max-upload-mb', type=int, default=DEFAULT_MAX_UPLOAD_BYTES // 2 ** 20,
+                   help='largest upload in MiB (default: %(default)s)')
+    p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                   help='most pixels an image may have, checked before decoding (default: %(default)s)')
+    p.set_defaults(func=_cmd_serve)
+
+
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
-    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser,
+    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser, _add_serve_parser,
 )
 
 

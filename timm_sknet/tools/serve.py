@@ -1,0 +1,163 @@
+"""An HTTP service: an image in, the model's top-5 classes out as JSON (FastAPI; ``pip install "timm-sknet[serve]"``).
+
+``POST /predict`` takes the image as a multipart field named ``file`` or as the raw request body, and answers
+``{"predictions": [{"label", "index", "probability"}, ...]}``, most probable first. ``GET /health`` says it is up
+and what runs the model. A bad upload gets a 4xx with ``{"detail": "<what was wrong and what to do>"}``: 400 for an
+empty body or a missing ``file`` field, 413 past the upload size limit, 422 for bytes that are not a readable image
+or have more pixels than the limit (checked from the header, before any pixel is decoded).
+
+The endpoint is ``async``: it reads the upload on the event loop, then decodes, preprocesses and runs the model in
+a worker thread, at most ``concurrency`` at once (an anyio limiter of its own, so waiting requests hold no thread).
+``timm-sknet serve`` runs it with uvicorn; docs/serving.md says how to size workers, concurrency and threads.
+"""
+import io
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from torch import nn
+
+from .classify import class_names, top_k
+
+__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_UPLOAD_BYTES', 'UploadError', 'create_app', 'decode_image',
+           'missing_packages', 'run']
+
+#: the largest upload read (bytes); a camera JPEG is 2-10 MB
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
+#: the most pixels decoded (a 48-megapixel photo passes); PIL's own bomb check stops at about 89 million
+DEFAULT_MAX_PIXELS = 50_000_000
+#: the multipart field that holds the image (``curl -F file=@cat.jpg``)
+FIELD = 'file'
+#: where ``timm-sknet serve --workers N`` hands its options to each worker process
+ENV_OPTIONS = 'TIMM_SKNET_SERVE_OPTIONS'
+
+
+class UploadError(ValueError):
+    """An upload the service cannot classify; ``status`` is the HTTP status it answers with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """``data`` as an RGB ``PIL.Image``, refused (:class:`UploadError`) if empty, unreadable or too large.
+
+    The size comes from the header, so a decompression bomb (a small file of huge dimensions) is refused
+    before its pixels are decoded; the full decode then makes a truncated file fail here.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UploadError(400, f'empty upload: send the image as the request body or as the multipart field '
+                               f'{FIELD!r}')
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > max_pixels:
+                raise UploadError(422, f'image of {image.width}x{image.height} pixels is over the limit of '
+                                       f'{max_pixels:,} pixels; send a smaller image')
+            return image.convert('RGB')
+    except UnidentifiedImageError:
+        raise UploadError(422, 'the upload is not an image PIL can read (JPEG, PNG, WebP, BMP, ...)') from None
+    except Image.DecompressionBombError as e:  # PIL's own limit, past twice Image.MAX_IMAGE_PIXELS
+        raise UploadError(422, f'image refused as a decompression bomb ({e})') from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UploadError(422, f'the image could not be decoded ({e}); the file may be truncated or corrupt') from None
+
+
+def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labels: Optional[Sequence[str]]):
+    """The model's own eval transform and class names where it has a ``pretrained_cfg`` (an optimized model has not)."""
+    if transform is not None and labels is not None:
+        return transform, labels
+    if getattr(model, 'pretrained_cfg', None) is None:
+        raise ValueError(f'{type(model).__name__} has no pretrained_cfg to take the preprocessing and class names '
+                         'from; pass transform= and labels= (those of the model it was built from)')
+    from timm.data import create_transform, resolve_data_config
+    return (transform or create_transform(**resolve_data_config(model=model)), labels or class_names(model))
+
+
+async def _read_upload(request, max_bytes: int) -> bytes:
+    """The image's bytes: the multipart field ``file`` or the whole body, refused past ``max_bytes``."""
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    too_large = HTTPException(413, f'upload larger than the limit of {max_bytes:,} bytes; send a smaller image')
+    if int(request.headers.get('content-length') or 0) > max_bytes:
+        raise too_large  # refused before reading it
+    body, size = [], 0
+    async for chunk in request.stream():  # counted as it arrives: a chunked upload has no Content-Length
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        body.append(chunk)
+    data = b''.join(body)
+    if not request.headers.get('content-type', '').startswith('multipart/form-data'):
+        return data
+
+    async def replay():
+        return {'type': 'http.request', 'body': data, 'more_body': False}
+    async with Request(request.scope, replay).form(max_files=1, max_fields=8) as form:
+        upload = form.get(FIELD)
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, f'no file in the multipart field {FIELD!r} (got fields: '
+                                     f'{", ".join(form.keys()) or "none"}); send it as curl -F {FIELD}=@image.jpg')
+        return await upload.read()
+
+
+def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
+               topk: int = 5, concurrency: int = 1, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS):
+    """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
+
+    Args:
+        model: a classifier; an ``optimize`` result must be safe to call from ``concurrency`` threads at once.
+        transform: PIL image to input tensor (default: the model's eval transform from its ``pretrained_cfg``).
+        labels: class names by index (default: the model's, as ``timm-sknet predict`` prints them).
+        topk: classes per answer.
+        concurrency: model calls at once (worker threads); the rest wait without holding a thread.
+        max_upload_bytes: the largest upload.
+        max_pixels: the most pixels an image may have.
+    """
+    import anyio
+    from fastapi import FastAPI, HTTPException, Request
+
+    if concurrency < 1:
+        raise ValueError(f'concurrency must be >= 1, got {concurrency}')
+    transform, labels = _default_preprocessing(model, transform, labels)
+    limiter = anyio.CapacityLimiter(concurrency)
+    app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1])
+
+    def classify(data: bytes) -> List[Dict[str, Any]]:
+        image = decode_image(data, max_pixels)
+        return top_k(model, transform(image)[None], labels, topk)[0]
+
+    @app.post('/predict')
+    async def predict(request: Request) -> Dict[str, List[Dict[str, Any]]]:
+        """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
+        data = await _read_upload(request, max_upload_bytes)
+        try:
+            return {'predictions': await anyio.to_thread.run_sync(classify, data, limiter=limiter)}
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+
+    @app.get('/health')
+    def health() -> Dict[str, Any]:
+        """Up, and what runs the model."""
+        return dict(status='ok', runs_as=getattr(model, 'description', f'PyTorch {type(model).__name__}'),
+                    concurrency=concurrency, classes=len(labels))
+
+    return app
+
+
+def missing_packages() -> List[str]:
+    """The packages of the ``serve`` extra that are not installed."""
+    import importlib.util
+    return [name for name, module in (('fastapi', 'fastapi'), ('uvicorn', 'uvicorn'),
+                                      ('python-multipart', 'python_multipart'))
+            if importlib.util.find_spec(module) is None]
+
+
+def run(app, host: str = '127.0.0.1', port: int = 8000, workers: int = 1) -> None:
+    """Serve ``app`` with uvicorn until interrupted; ``workers`` > 1 needs ``app`` as an import string of a factory
+    (``'module:function'``), which each worker process calls to build its own model."""
+    import uvicorn
+    uvicorn.run(app, host=host, port=port, workers=workers, factory=isinstance(app, str), log_level='info',
+                timeout_graceful_shutdown=10)
