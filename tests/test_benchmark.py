@@ -91,6 +91,7 @@ def test_concurrent_rate_counts_every_call_of_every_thread_with_its_own_input():
     def model(x):
         with lock:
             seen.append(int(x[0, 0]))
+        time.sleep(0.01)  # each call takes time, so the overhead around the timed part is small beside it
     inputs = [torch.full((2, 1), float(i)) for i in range(3)]
     began = time.perf_counter()
     rate = concurrent_rate(model, inputs, calls=4)
