@@ -207,8 +207,8 @@ def _add_predict_parser(sub) -> None:
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: 8)')
     p.add_argument('--workers', type=int, default=DEFAULT_WORKERS,
-                   help=f'DataLoader processes decoding images; the model runs in the main process '
-                        f'(default: {DEFAULT_WORKERS}, min(4, CPUs); 0 decodes in the main process)')
+                   help='DataLoader processes decoding images, min(4, CPUs) by default; the model runs in the main '
+                        'process; 0 decodes in the main process')
     p.add_argument('--output', metavar='FILE', default=None,
                    help='write rows to FILE (.csv or .jsonl): path, then label_i, index_i, probability_i of the top k')
     p.add_argument('--embeddings', metavar='FILE', default=None,
@@ -518,8 +518,8 @@ def _add_serve_parser(sub) -> None:
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--topk', type=int, default=5, help='classes per answer (default: 5)')
     _add_runtime_args(p, default_backend='auto')
-    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: 127.0.0.1, this machine only; '
-                                                       '0.0.0.0 for every interface)')
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on: the default answers this machine only, '
+                                                       '0.0.0.0 every interface')
     p.add_argument('--port', type=int, default=8000, help='default: 8000; 0 picks a free one (printed)')
     p.add_argument('--workers', type=int, default=1, help='server processes, each with its own model (default: 1)')
     p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
