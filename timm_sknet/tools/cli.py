@@ -439,9 +439,22 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .env import print_env
+    print_env(as_json=args.json)
+    return 0
+
+
+def _add_env_parser(sub) -> None:
+    p = sub.add_parser('env', help='versions, machine, Hub cache and the optimize backends that run here: '
+                                   'paste it into a bug report')
+    p.add_argument('--json', action='store_true', help='print the same as JSON')
+    p.set_defaults(func=_cmd_env)
+
+
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
-    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser,
+    _add_convert_caffe_parser, _add_attention_parser, _add_train_parser, _add_env_parser,
 )
 
 
