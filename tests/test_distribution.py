@@ -4,11 +4,11 @@ import email
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 from installed_package import REPO, copy_sources
 
 import timm_sknet

@@ -17,8 +17,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .. import __version__
-from ..inference import (BACKENDS, PRECISIONS, BackendUnavailable, check_backend_precision, choose_backend,
-                         machine_info, native_bf16, native_int8)
+from ..inference import (
+    BACKENDS,
+    PRECISIONS,
+    BackendUnavailable,
+    check_backend_precision,
+    choose_backend,
+    machine_info,
+    native_bf16,
+    native_int8,
+)
 
 __all__ = ['PACKAGES', 'collect', 'format_text', 'why_not']
 
