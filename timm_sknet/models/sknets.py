@@ -182,7 +182,7 @@ def _weight_source(cfg) -> Optional[str]:
     return cfg.state_dict is not None and 'state_dict' or cfg.file or cfg.hf_hub_id or cfg.url or None
 
 
-def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
+def _create_sknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SKNet:
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
@@ -214,7 +214,7 @@ def _convert_caffe_hint(variant: str) -> str:
         f"load timm.create_model('local-dir:{folder}', pretrained=True).")
 
 
-def _cfg(hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
+def _cfg(hf_hub_id: str = '', **kwargs: Any) -> Dict[str, Any]:
     return {
         'hf_hub_id': hf_hub_id or None,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
@@ -270,21 +270,21 @@ _PAPER_SK = dict(block=SKBottleneck, cardinality=32, base_width=4, reduction=16,
 
 
 @register_model
-def sknet18(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet18(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SK-ResNet-18: basic blocks, input split across 2 paths (timm's skresnet18 layout)."""
     model_args = dict(layers=(2, 2, 2, 2), **_BASIC_SK)
     return _create_sknet('sknet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet34(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet34(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SK-ResNet-34: basic blocks, input split across 2 paths (timm's skresnet34 layout)."""
     model_args = dict(layers=(3, 4, 6, 3), **_BASIC_SK)
     return _create_sknet('sknet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet_tiny(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """sknet18 at a quarter of the width (stages 16-32-64-128): 0.74M params, for small images.
 
     The stem conv stays 64 wide: timm's plain ResNet stem ignores ``stem_width`` (only deep stems use it),
@@ -297,28 +297,28 @@ def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
 
 
 @register_model
-def sknet50(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet50(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-50 of the paper: ResNeXt-50 32x4d with SK units (M=2, G=32, r=16, L=32)."""
     model_args = dict(layers=(3, 4, 6, 3), **_PAPER_SK)
     return _create_sknet('sknet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet101(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet101(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-101 of the paper: ResNeXt-101 32x4d with SK units. No pretrained weights exist."""
     model_args = dict(layers=(3, 4, 23, 3), **_PAPER_SK)
     return _create_sknet('sknet101', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet152(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet152(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-152: ResNeXt-152 32x4d depth (3-8-36-3) with the paper's SK units. No pretrained weights exist."""
     model_args = dict(layers=(3, 8, 36, 3), **_PAPER_SK)
     return _create_sknet('sknet152', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet50_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet50_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """The authors' Caffe SKNet-50: sknet50 with Caffe's stem pooling (no padding, size rounded up).
 
     Weights: convert the authors' caffemodel with ``timm-sknet convert-caffe``; ``pretrained=True`` says how.
@@ -328,7 +328,7 @@ def sknet50_caffe(pretrained: bool = False, **kwargs) -> SKNet:
 
 
 @register_model
-def sknet101_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet101_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """The authors' Caffe SKNet-101: sknet101 with Caffe's stem pooling and d = 16 in the second stage.
 
     The rule d = max(C / 16, 32) gives 32 there; the published model uses 16 (48.69 M parameters).

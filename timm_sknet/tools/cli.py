@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, TypeAlias
 
 import torch
 from torch import nn
@@ -25,6 +25,8 @@ __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
 #: ``FileExistsError`` / ``FileNotFoundError`` come from the writers (existing output folder, missing folder).
 USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError, WeightsError, CheckpointError,
                FloatingPointError)
+#: what ``add_subparsers`` returns (generic for type checkers only, hence the string)
+SubParsers: TypeAlias = 'argparse._SubParsersAction[argparse.ArgumentParser]'
 
 
 class CLIError(Exception):
@@ -158,7 +160,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_list_parser(sub) -> None:
+def _add_list_parser(sub: SubParsers) -> None:
     p = sub.add_parser('list', help='registered models with measured and published params/GMACs')
     p.set_defaults(func=_cmd_list)
 
@@ -194,7 +196,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_predict_parser(sub) -> None:
+def _add_predict_parser(sub: SubParsers) -> None:
     p = sub.add_parser('predict', help='top-k classes of images')
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     _add_model_args(p)
@@ -231,7 +233,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.what == 'int8-accuracy':
-        report = int8_accuracy(*((60, 8) if args.quick else ()), log=log)
+        report = int8_accuracy(60, 8, log=log) if args.quick else int8_accuracy(log=log)
     else:
         report = RUNNERS[args.what](**_bench_options(args), log=log).run()
     print(markdown(report))
@@ -240,7 +242,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench_parser(sub) -> None:
+def _add_bench_parser(sub: SubParsers) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
     p.add_argument('what', nargs='?', default='inference', choices=('inference', 'eager', 'backbone', 'int8-accuracy'),
@@ -304,7 +306,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_export_parser(sub) -> None:
+def _add_export_parser(sub: SubParsers) -> None:
     from ..inference.export import MIN_ONNX_OPSET
     p = sub.add_parser('export', help='write ONNX, TorchScript or OpenVINO IR (checked against PyTorch before it is kept)')
     p.add_argument('format', choices=('onnx', 'torchscript', 'openvino'),
@@ -335,7 +337,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert_parser(sub) -> None:
+def _add_convert_parser(sub: SubParsers) -> None:
     p = sub.add_parser('convert', help='write a Hugging Face Hub folder (config.json, model.safetensors, README.md)')
     p.add_argument('out', metavar='OUT', help='folder to create')
     _add_model_args(p)
@@ -357,7 +359,7 @@ def _cmd_convert_caffe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert_caffe_parser(sub) -> None:
+def _add_convert_caffe_parser(sub: SubParsers) -> None:
     from .caffe import CAFFE_MEAN_BGR
     p = sub.add_parser('convert-caffe', help="the authors' Caffe SKNet-50/101 (prototxt + caffemodel) as a Hub folder")
     p.add_argument('prototxt', metavar='PROTOTXT', help='sknet50.prototxt or sknet101.prototxt of github.com/implus/SKNet')
@@ -399,7 +401,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_attention_parser(sub) -> None:
+def _add_attention_parser(sub: SubParsers) -> None:
     from .scale_analysis import DEFAULT_SCALES
     p = sub.add_parser('attention', help="the paper's scale analysis: SK attention (large - small kernel) per "
                                          'unit as the object grows')
@@ -432,7 +434,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parser(sub) -> None:
+def _add_train_parser(sub: SubParsers) -> None:
     from .train_args import add_train_arguments
     p = sub.add_parser('train', help='train or fine-tune an sknet (ImageFolder or synthetic shapes; torchrun for DDP)')
     add_train_arguments(p)
@@ -445,7 +447,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_env_parser(sub) -> None:
+def _add_env_parser(sub: SubParsers) -> None:
     p = sub.add_parser('env', help='versions, machine, Hub cache and the optimize backends that run here: '
                                    'paste it into a bug report')
     p.add_argument('--json', action='store_true', help='print the same as JSON')
