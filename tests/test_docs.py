@@ -135,6 +135,7 @@ def test_the_model_table_is_what_timm_sknet_list_prints(page):
     assert model_table() in (REPO / page).read_text(encoding='utf-8')
 
 
+@pytest.mark.checks  # scripts/check.sh docs
 def test_mkdocs_builds_the_site_strictly(tmp_path):
     env = {**os.environ, 'NO_MKDOCS_2_WARNING': '1', 'PYTHONPATH': str(REPO)}
     mkdocs = Path(sys.executable).parent / 'mkdocs'
