@@ -18,7 +18,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -77,7 +77,8 @@ def check_backend_precision(backend: str, precision: str) -> None:
 
 def _prepared(model: nn.Module, device: torch.device, precision: str) -> Tuple[nn.Module, str]:
     """The folded model on ``device``, channels_last, its weights in the precision's dtype; and that in words."""
-    prepared = fuse_model(model).eval().to(device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    prepared = fuse_model(model).eval().to(  # type: ignore[call-overload]  # torch's stub omits memory_format
+        device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
     left = len(unfused_batchnorms(prepared))
     return prepared, f'BatchNorm {"folded" if not left else f"not folded ({left} left)"}, channels_last'
 
@@ -105,11 +106,12 @@ def build_inductor(model: nn.Module, precision: str, device: torch.device, input
         program = torch.export.export(prepared, (example.contiguous(memory_format=torch.channels_last),),
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
     compiled = torch.compile(program.module(), fullgraph=True)
-    return _torch_runner(compiled, device, _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
+    return _torch_runner(compiled, device,  # type: ignore[arg-type]  # compiling a Module gives a Module
+                          _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
                          context=lambda: inductor_config.patch(freezing=True))
 
 
-def _import(module: str, extra: str):
+def _import(module: str, extra: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
@@ -140,12 +142,12 @@ def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
-    def infer(x):
+    def infer(x: np.ndarray) -> List[np.ndarray]:
         return session.run(None, {'input': x})
     return _numpy_runner(infer, names == ['output'], f'onnxruntime {ort.__version__} CPU, fp32')
 
 
-def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
+def _quantize_int8(ov_model: Any, calibration: Optional[Iterable[torch.Tensor]]) -> Any:
     if calibration is None:
         raise BackendUnavailable(
             "precision='int8' needs calibration images: pass calibration=<batches of preprocessed images, "
@@ -169,7 +171,7 @@ def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
 
 
 def openvino_model(model: nn.Module, precision: str, input_size: Sequence[int],
-                   calibration: Optional[Iterable[torch.Tensor]] = None):
+                   calibration: Optional[Iterable[torch.Tensor]] = None) -> Tuple[Any, List[str]]:
     """``(ov.Model, output names)`` of ``model``: exported to ONNX, read by OpenVINO, int8-quantized if asked."""
     ov = _import('openvino', 'openvino')
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +199,7 @@ class _OpenVINOInfer:
     one request, for f32, bf16 and int8 alike (`timm-sknet bench inference`).
     """
 
-    def __init__(self, ov, ov_model, hint: str):
+    def __init__(self, ov: Any, ov_model: Any, hint: str):
         threads = torch.get_num_threads()
         self._ov, self._model, self._hint, self._threads = ov, ov_model, hint, threads
         latency = ov.Core().compile_model(ov_model, 'CPU', {
@@ -206,7 +208,7 @@ class _OpenVINOInfer:
         self._outputs = list(latency.outputs)
         self._queue = None
 
-    def _streams(self):
+    def _streams(self) -> Any:
         if self._queue is None:
             compiled = self._ov.Core().compile_model(self._model, 'CPU', {
                 'INFERENCE_PRECISION_HINT': self._hint, 'PERFORMANCE_HINT': 'THROUGHPUT',
@@ -215,13 +217,14 @@ class _OpenVINOInfer:
             self._stream_outputs = list(compiled.outputs)
         return self._queue
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> List[np.ndarray]:
         if len(x) == 1:
             result = self._request.infer({0: x})
             return [result[o].copy() for o in self._outputs]
-        queue, parts = self._streams(), [None] * len(x)
+        queue = self._streams()
+        parts: List[List[np.ndarray]] = [[] for _ in range(len(x))]
 
-        def done(request, index):
+        def done(request: Any, index: int) -> None:
             parts[index] = [request.get_output_tensor(i).data.copy() for i in range(len(self._stream_outputs))]
         queue.set_callback(done)
         for i in range(len(x)):
@@ -230,7 +233,7 @@ class _OpenVINOInfer:
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self._stream_outputs))]
 
 
-def openvino_runner(ov_model, precision: str, single_output: bool) -> Runner:
+def openvino_runner(ov_model: Any, precision: str, single_output: bool) -> Runner:
     """A :class:`Runner` for an OpenVINO model on this CPU (see :func:`openvino_hint` and :class:`_OpenVINOInfer`)."""
     ov = _import('openvino', 'openvino')
     hint = openvino_hint(precision)

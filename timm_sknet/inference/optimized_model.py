@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .backends import BackendUnavailable, build_runner, check_backend_precision
+from .backends import BackendUnavailable, Runner, build_runner, check_backend_precision
 from .export import resolve_input_size
 from .machine import machine_info, native_bf16, native_int8
 from .outputs import Outputs, relative_error
@@ -47,7 +47,7 @@ class OptimizedModel(nn.Module):
         error: the verification error relative to the largest output of the plain model.
     """
 
-    def __init__(self, runner, backend: str, precision: str, input_size: Tuple[int, int, int], reason: str):
+    def __init__(self, runner: Runner, backend: str, precision: str, input_size: Tuple[int, int, int], reason: str):
         super().__init__()
         self._runner = runner
         if runner.module is not None:
@@ -107,7 +107,7 @@ def _check_precision(precision: str, device: torch.device) -> None:
 
 
 def _top1_agreement(out: Outputs, ref: Outputs) -> Optional[float]:
-    if not isinstance(ref, torch.Tensor) or ref.dim() != 2:
+    if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor) or ref.dim() != 2:
         return None
     return float((out.argmax(-1) == ref.argmax(-1)).float().mean())
 

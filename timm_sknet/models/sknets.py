@@ -20,7 +20,7 @@ already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 The ``*_caffe`` models are the networks of the authors' published Caffe models (github.com/implus/SKNet),
 layer for layer, so that ``timm-sknet convert-caffe`` (``timm_sknet.tools.caffe``) gives their exact outputs.
 """
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union, cast
 
 from torch import nn
 
@@ -113,13 +113,14 @@ class SKNet(ResNet):
         block_args = dict(block_args or {})
         block_args['sk_kwargs'] = {**sk_kwargs, **block_args.get('sk_kwargs', {})}
         super().__init__(
-            block, tuple(layers), num_classes=num_classes, cardinality=cardinality, base_width=base_width,
+            block, tuple(layers),  # type: ignore[arg-type]  # timm annotates block as an instance, not a class num_classes=num_classes, cardinality=cardinality, base_width=base_width,
             block_args=block_args, **resnet_args)
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
         if stem_pool == 'caffe':
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+            self.maxpool = nn.MaxPool2d(  # type: ignore[assignment]  # timm infers its own stems' Sequential
+                kernel_size=3, stride=2, padding=0, ceil_mode=True)
         if stage_attn_channels is not None:
             self._set_stage_attn_channels(stage_attn_channels, resnet_args)
 
@@ -153,7 +154,7 @@ class SKNet(ResNet):
             return  # already folded
         if isinstance(self.conv1, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
             self.conv1 = fold_sequential(self.conv1)
-            self.conv1[-1] = fold_batchnorm(self.conv1[-1], self.bn1)
+            self.conv1[-1] = fold_batchnorm(cast(nn.Conv2d, self.conv1[-1]), self.bn1)  # the stem ends in a conv
         elif isinstance(self.conv1, nn.Conv2d):
             self.conv1 = fold_batchnorm(self.conv1, self.bn1)
         else:
@@ -178,7 +179,7 @@ def _check_caffe_args(
                          f'got {stage_attn_channels!r}')
 
 
-def _weight_source(cfg) -> Optional[str]:
+def _weight_source(cfg: Any) -> Optional[str]:
     return cfg.state_dict is not None and 'state_dict' or cfg.file or cfg.hf_hub_id or cfg.url or None
 
 

@@ -17,7 +17,7 @@ timm's ``timm.layers.SelectiveKernelAttn`` (timm's skresnet/skresnext) are recog
 """
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -212,7 +212,7 @@ class record_sk_attention:  # noqa: N801  (used as a context manager, like torch
             raise
         return self.record
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._remove()
 
     def _remove(self) -> None:
@@ -220,9 +220,9 @@ class record_sk_attention:  # noqa: N801  (used as a context manager, like torch
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         record = self.record
 
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
             record._append(name, output)
         return hook

@@ -18,6 +18,7 @@ measured in the same run. ``timm-sknet bench <runner>`` runs one; ``benchmarks/r
 ``benchmarks/results/``.
 """
 import copy
+import functools
 import json
 import statistics
 import time
@@ -99,7 +100,7 @@ def time_alternating(runners: Dict[K, Callable[[], Any]], runs: int, warmup: int
     for _ in range(warmup):
         for run in runners.values():
             run()
-    times: Dict[str, List[float]] = {k: [] for k in runners}
+    times: Dict[K, List[float]] = {k: [] for k in runners}
     for _ in range(runs):
         for k, run in runners.items():
             _sync(device)
@@ -119,10 +120,10 @@ def gemm_peaks(device: torch.device = torch.device('cpu'), shapes: Sequence[Tupl
     peaks = {}
     for name, dtype in dtypes.items():
         g = torch.Generator().manual_seed(0)
-        runners = {}
+        runners: Dict[Tuple[int, int, int], Callable[[], Any]] = {}
         for m, n, k in shapes:
             a, b = (torch.randn(*s, generator=g).to(device, dtype) for s in ((m, k), (k, n)))
-            runners[(m, n, k)] = lambda a=a, b=b: torch.mm(a, b)
+            runners[(m, n, k)] = functools.partial(torch.mm, a, b)
         seconds = time_alternating(runners, runs, 1, device)
         peaks[name] = max(2 * m * n * k / s / 1e9 for (m, n, k), s in seconds.items())
     return peaks
@@ -232,7 +233,7 @@ class InferenceRunner(BenchmarkRunner):
         rows = []
         for batch_size in self.batch_sizes:
             x = self.batch(batch_size)
-            seconds = self.time({key: (lambda m=m: m(x)) for key, m in built.items()})
+            seconds = self.time({key: functools.partial(m, x) for key, m in built.items()})
             rows += [dict(path=' '.join(key), batch=batch_size, images_per_s=batch_size / seconds[key],
                           error=built[key].error, runs_as=built[key].description) for key in built]
         return Report(self.title('Inference'), machine,
@@ -417,10 +418,10 @@ def int8_accuracy(tiny_images: int = 1200, sknet50_images: int = 64, log: Callab
         calibration, _ = batches(model, 'train', 300, size)
         images, labels = batches(model, 'validation', n_eval, size)
         ref, out = logits(model, images), logits(optimize(model, 'openvino', 'int8', calibration=calibration), images)
-        labels = torch.tensor(labels)
+        targets = torch.tensor(labels)
         rows.append(dict(model=name, images=n_eval, relative_error=float((out - ref).abs().max() / ref.abs().max()),
                          top1_agreement=float((out.argmax(1) == ref.argmax(1)).float().mean()),
-                         fp32_top1=float((ref.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None,
-                         int8_top1=float((out.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None))
+                         fp32_top1=float((ref.argmax(1) == targets).float().mean()) if model.num_classes == 6 else None,
+                         int8_top1=float((out.argmax(1) == targets).float().mean()) if model.num_classes == 6 else None))
         log(f'  {name}: top-1 agreement {rows[-1]["top1_agreement"]:.2%}')
     return Report('int8 (OpenVINO + NNCF) against fp32', describe_machine(), {'accuracy': rows})

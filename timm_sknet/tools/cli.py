@@ -111,7 +111,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, default_backend: Optional[str]
                    help='int8: how many calibration images (default: 300)')
 
 
-def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
+def _calibration(model: nn.Module, args: argparse.Namespace,
+                 input_size: Sequence[int]) -> Optional[List[torch.Tensor]]:
     """int8: ``--calibration-images`` from ``--calibration-dir`` or the synthetic shapes; else None."""
     if args.precision != 'int8':
         return None
@@ -124,7 +125,7 @@ def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
     return calibration_batches(model, args.calibration_dir, num_images=args.calibration_images, input_size=input_size)
 
 
-def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Module:
+def _optimized(model: nn.Module, args: argparse.Namespace, input_size: Sequence[int]) -> nn.Module:
     """``model`` through ``timm_sknet.inference.optimize`` at ``--backend`` / ``--precision``."""
     from ..inference import BackendUnavailable, OptimizationError, optimize
     try:
@@ -266,7 +267,7 @@ def _add_bench_parser(sub: SubParsers) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _export_file(model: nn.Module, args: argparse.Namespace, input_size) -> Path:
+def _export_file(model: nn.Module, args: argparse.Namespace, input_size: Optional[Sequence[int]]) -> Path:
     from ..inference import export_onnx, export_torchscript
     if args.format == 'torchscript':
         return export_torchscript(model, args.out, method=args.method, input_size=input_size)
@@ -274,9 +275,9 @@ def _export_file(model: nn.Module, args: argparse.Namespace, input_size) -> Path
         return export_onnx(model, args.out, input_size=input_size, opset=args.opset)
     from ..inference.export import resolve_input_size
     from ..inference.openvino_ir import export_openvino
-    input_size = resolve_input_size(model, input_size)
-    calibration = _calibration(model, args, input_size)
-    return export_openvino(model, args.out, precision=args.precision, input_size=input_size, calibration=calibration)
+    size = resolve_input_size(model, input_size)
+    calibration = _calibration(model, args, size)
+    return export_openvino(model, args.out, precision=args.precision, input_size=size, calibration=calibration)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

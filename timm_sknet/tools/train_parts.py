@@ -56,7 +56,7 @@ def build_datasets(args: argparse.Namespace) -> Tuple[Any, Any, List[str]]:
     return train, val, classes
 
 
-def _class_names(dataset) -> List[str]:
+def _class_names(dataset: Any) -> List[str]:
     class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
     if not class_to_idx:
         raise ValueError(f'cannot read class names from {dataset!r}; expected an ImageFolder-style dataset')
@@ -97,7 +97,8 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
     return model, data_cfg
 
 
-def build_loaders(args: argparse.Namespace, train_ds, val_ds, data_cfg: Dict[str, Any], device: torch.device):
+def build_loaders(args: argparse.Namespace, train_ds: Any, val_ds: Any, data_cfg: Dict[str, Any],
+                  device: torch.device) -> Tuple[Any, Any]:
     """timm's loader (augmentation, DistributedSampler) for training; an exact shard per process for validation."""
     per_rank = len(train_ds) // args.world_size
     if per_rank < args.batch_size:
@@ -161,4 +162,4 @@ def set_export_cfg(model: nn.Module, data_cfg: Dict[str, Any], note: str) -> Non
     cfg['pool_size'] = tuple(math.ceil(s / reduction) for s in cfg['input_size'][1:])
     cfg['num_classes'] = model.num_classes
     cfg['notes'] = (note,)
-    model.pretrained_cfg = cfg
+    setattr(model, 'pretrained_cfg', cfg)  # timm's attribute, which nn.Module does not declare

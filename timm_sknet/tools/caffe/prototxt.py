@@ -90,7 +90,7 @@ def _tokenize(text: str, source: str) -> Iterator[_Token]:
         if m is None:
             raise CaffeError(f'{source}:{_where(text, pos)}: unexpected character {text[pos]!r}; '
                              f'is this a Caffe .prototxt (protobuf text format)?')
-        if m.lastgroup != 'skip':
+        if m.lastgroup is not None and m.lastgroup != 'skip':  # every pattern is a named group
             yield _Token(m.lastgroup, m.group(), pos)
         pos = m.end()
     yield _Token('end', '', len(text))
