@@ -113,7 +113,8 @@ class SKNet(ResNet):
         block_args = dict(block_args or {})
         block_args['sk_kwargs'] = {**sk_kwargs, **block_args.get('sk_kwargs', {})}
         super().__init__(
-            block, tuple(layers),  # type: ignore[arg-type]  # timm annotates block as an instance, not a class num_classes=num_classes, cardinality=cardinality, base_width=base_width,
+            block,  # type: ignore[arg-type]  # timm annotates block as an instance; it takes the class
+            tuple(layers), num_classes=num_classes, cardinality=cardinality, base_width=base_width,
             block_args=block_args, **resnet_args)
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
