@@ -107,7 +107,7 @@ def build_inductor(model: nn.Module, precision: str, device: torch.device, input
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
     compiled = torch.compile(program.module(), fullgraph=True)
     return _torch_runner(compiled, device,  # type: ignore[arg-type]  # compiling a Module gives a Module
-                          _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
+                         _DTYPES[precision], f'torch.export + inductor (freezing), {how}',
                          context=lambda: inductor_config.patch(freezing=True))
 
 
