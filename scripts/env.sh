@@ -3,16 +3,16 @@
 # The environment lives outside the checkout, keyed by a hash of the Python version and the dependencies in pyproject.toml, so a clean clone
 # reuses it and a change of dependencies builds a new one. TIMM_SKNET_VENV_ROOT moves it.
 set -euo pipefail
+# flock and GNU coreutils: Linux only. Elsewhere the portable route is plain pip and pytest (CONTRIBUTING.md).
+if [ "$(uname -s)" != Linux ]; then
+    echo "scripts/*.sh need Linux (flock, GNU coreutils); this is $(uname -s). Instead, in a virtual environment" \
+         "of Python 3.11 or later: pip install -e \".[test]\" && pytest" >&2
+    return 1 2>/dev/null || exit 1
+fi
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python_bin="${PYTHON:-python3}"
-# Key: the interpreter and the declared dependencies, nothing else of pyproject.toml.
-key="$("$python_bin" - "$repo_root/pyproject.toml" <<'PY'
-import hashlib, sys, tomllib
-project = tomllib.load(open(sys.argv[1], 'rb'))['project']
-deps = [sys.version.split()[0], project.get('dependencies', []), project.get('optional-dependencies', {})]
-print(hashlib.sha256(repr(deps).encode()).hexdigest()[:16])
-PY
-)"
+# Key: the interpreter and the declared dependencies (scripts/env_key.py; CI keys its caches with it too).
+key="$("$python_bin" "$repo_root/scripts/env_key.py")"
 venv_root="${TIMM_SKNET_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/timm-sknet}"
 venv="$venv_root/venv-$key"
 # pip, minus this machine's noise about unused local index folders; pip's exit status is kept.

@@ -24,14 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the list is TOML, read with 3.11's standard library
-    raise SystemExit('scripts/mutation_test.py needs Python 3.11 or later (tomllib)') from None
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LIST = ROOT / 'scripts' / 'mutations.toml'

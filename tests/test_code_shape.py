@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.checks  # scripts/check.sh lint
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / 'timm_sknet'
 #: "no function over about 60 lines": counted without the docstring

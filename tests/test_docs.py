@@ -135,6 +135,7 @@ def test_the_model_table_is_what_timm_sknet_list_prints(page):
     assert model_table() in (REPO / page).read_text(encoding='utf-8')
 
 
+@pytest.mark.checks  # scripts/check.sh docs
 def test_mkdocs_builds_the_site_strictly(tmp_path):
     env = {**os.environ, 'NO_MKDOCS_2_WARNING': '1', 'PYTHONPATH': str(REPO)}
     mkdocs = Path(sys.executable).parent / 'mkdocs'
@@ -164,6 +165,7 @@ def test_links_work_on_pypi_github_and_the_site(page):
 
 def test_the_documentation_url_is_where_the_site_is_served():
     import tomllib
+
     import yaml
     urls = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['urls']
     assert urls['Documentation'] == SITE == yaml.safe_load((REPO / 'mkdocs.yml').read_text())['site_url']

@@ -59,7 +59,7 @@ class FeaturePyramidBackbone(nn.Module):
                 f"create it with timm.create_model(name, features_only=True)")
         self.body = body
         self.fpn = FeaturePyramidNetwork(
-            in_channels_list=body.feature_info.channels(),
+            in_channels_list=getattr(body, 'feature_info').channels(),
             out_channels=out_channels,
             extra_blocks=LastLevelMaxPool() if extra_blocks is None else extra_blocks,
             norm_layer=norm_layer,
@@ -74,7 +74,7 @@ class FeaturePyramidBackbone(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the body's stages in backward instead of storing their activations."""
-        self.body.set_grad_checkpointing(enable)
+        getattr(self.body, 'set_grad_checkpointing')(enable)
 
 
 def sknet_fpn_backbone(

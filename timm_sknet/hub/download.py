@@ -20,12 +20,15 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from ..errors import WeightsError, remedy
 from ..file_io import git_blob_sha1, sha256_file
 from .failures import Failure, describe, is_offline, local_file
 from .pins import PINS, Pin
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 __all__ = ['WEIGHTS_FILENAME', 'fetch_verified_weights', 'pretrained_kwargs']
 
@@ -110,7 +113,7 @@ def _pin_for(repo_id: str, filename: str, revision: Optional[str]) -> Optional[P
     return pin if pin is not None and revision in (None, pin.commit) else None
 
 
-def _probe(repo_id: str, filename: str, revision: str):
+def _probe(repo_id: str, filename: str, revision: str) -> 'HfFileMetadata':
     """Ask the Hub once, without retries, for the file's metadata (fast errors; the etag for caches without links)."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import FileMetadataError
@@ -174,7 +177,7 @@ def fetch_verified_weights(
     except Exception as err:
         raise describe(err, fail) from err
     try:
-        path = cached if is_offline() else hf_hub_download(
+        path = cached if cached is not None and is_offline() else hf_hub_download(
             repo_id, filename, revision=revision, cache_dir=cache_dir, library_name=LIBRARY_NAME)
     except Exception as err:
         raise describe(err, fail, transfer=True, xet=_uses_xet(meta)) from err

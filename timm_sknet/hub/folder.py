@@ -96,14 +96,15 @@ def card_facts(model: nn.Module, license: Optional[str] = None, datasets: Option
     import timm
 
     tag, started_from = weights_provenance(model)
-    cfg = timm.models.get_pretrained_cfg(tag or started_from) if (tag or started_from) else None
-    if tag:
+    name = tag or started_from
+    cfg = timm.models.get_pretrained_cfg(name) if name else None
+    if tag and cfg is not None:
         known = _tag_data(tag)
         facts = CardFacts(cfg.license, known.hub_ids, known.description,
                           f'the weights of the pretrained tag `{tag}`' + (f' (Hub repository `{cfg.hf_hub_id}`)'
                                                                          if cfg.hf_hub_id else '')
                           + ', unchanged', None, tuple(cfg.notes or ()))
-    elif started_from:
+    elif started_from and cfg is not None:
         facts = CardFacts(None, [], 'unknown', f'started from the weights of `{started_from}` '
                           f'({_tag_data(started_from).description}), then re-headed, adapted or trained',
                           cfg.hf_hub_id, ())

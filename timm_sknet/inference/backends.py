@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,7 +87,8 @@ def check_backend_precision(backend: str, precision: str) -> None:
 
 def _prepared(model: nn.Module, device: torch.device, precision: str) -> Tuple[nn.Module, str]:
     """The folded model on ``device``, channels_last, its weights in the precision's dtype; and that in words."""
-    prepared = fuse_model(model).eval().to(device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
+    prepared = fuse_model(model).eval().to(  # type: ignore[call-overload]  # torch's stub omits memory_format
+        device=device, dtype=_DTYPES[precision], memory_format=torch.channels_last)
     left = len(unfused_batchnorms(prepared))
     return prepared, f'BatchNorm {"folded" if not left else f"not folded ({left} left)"}, channels_last'
 
@@ -119,7 +121,8 @@ def inductor_runner(prepared: nn.Module, device: torch.device, dtype: torch.dtyp
         program = torch.export.export(prepared, (example.contiguous(memory_format=torch.channels_last),),
                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
     compiled = torch.compile(program.module(), fullgraph=True, options={'freezing': True})
-    return _torch_runner(compiled, device, dtype, f'torch.export + inductor (freezing), {how}',
+    return _torch_runner(compiled, device, dtype,  # type: ignore[arg-type]  # compiling a Module gives a Module
+                         f'torch.export + inductor (freezing), {how}',
                          recipe=(inductor_runner, (prepared, device, dtype, how, tuple(input_size))))
 
 
@@ -128,7 +131,7 @@ def build_inductor(model: nn.Module, precision: str, device: torch.device, input
     return inductor_runner(prepared, device, _DTYPES[precision], how, tuple(input_size))
 
 
-def _import(module: str, extra: str):
+def _import(module: str, extra: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
@@ -158,7 +161,7 @@ def onnxruntime_runner(onnx_model: bytes, single_output: bool) -> Runner:
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(onnx_model, options, providers=['CPUExecutionProvider'])
 
-    def infer(x):
+    def infer(x: np.ndarray) -> List[np.ndarray]:
         return session.run(None, {'input': x})
     return _numpy_runner(infer, single_output, f'onnxruntime {ort.__version__} CPU, fp32',
                          recipe=(onnxruntime_runner, (onnx_model, single_output)))
@@ -171,7 +174,7 @@ def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int
         return onnxruntime_runner(path.read_bytes(), names == ['output'])
 
 
-def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
+def _quantize_int8(ov_model: Any, calibration: Optional[Iterable[torch.Tensor]]) -> Any:
     if calibration is None:
         raise BackendUnavailable(
             "precision='int8' needs calibration images: pass calibration=<batches of preprocessed images, "
@@ -195,7 +198,7 @@ def _quantize_int8(ov_model, calibration: Optional[Iterable[torch.Tensor]]):
 
 
 def openvino_model(model: nn.Module, precision: str, input_size: Sequence[int],
-                   calibration: Optional[Iterable[torch.Tensor]] = None):
+                   calibration: Optional[Iterable[torch.Tensor]] = None) -> Tuple[Any, List[str]]:
     """``(ov.Model, output names)`` of ``model``: exported to ONNX, read by OpenVINO, int8-quantized if asked."""
     _import('openvino', 'openvino')
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +218,7 @@ def openvino_hint(precision: str) -> str:
     return 'bf16' if precision == 'bf16' or (precision == 'int8' and native_bf16()) else 'f32'
 
 
-def openvino_runner(ov_model, precision: str, single_output: bool) -> Runner:
+def openvino_runner(ov_model: Any, precision: str, single_output: bool) -> Runner:
     """A :class:`Runner` for an OpenVINO model on this CPU (see :func:`openvino_hint` and ``OpenVINOInfer``)."""
     ov = _import('openvino', 'openvino')
     hint = openvino_hint(precision)
@@ -226,7 +229,7 @@ def openvino_runner(ov_model, precision: str, single_output: bool) -> Runner:
                          recipe=(_portable_openvino_runner, (PortableOVModel(ov_model), precision, single_output)))
 
 
-def _portable_openvino_runner(portable, precision: str, single_output: bool) -> Runner:
+def _portable_openvino_runner(portable: PortableOVModel, precision: str, single_output: bool) -> Runner:
     return openvino_runner(portable.model, precision, single_output)
 
 

@@ -39,7 +39,7 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
     size = tuple(int(s) for s in input_size)
     if len(size) != 3 or min(size) <= 0:
         raise ValueError(f'input_size must be (channels, height, width) of positive ints, got {input_size!r}')
-    return size  # type: ignore[return-value]
+    return size
 
 
 @contextmanager

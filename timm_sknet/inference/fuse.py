@@ -21,4 +21,5 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
         inplace: fold ``model`` itself; by default a deep copy is folded and ``model`` is untouched.
     """
     holder = nn.ModuleList([model])
-    return reparameterize_model(holder, inplace=inplace)[0]
+    fused: nn.Module = reparameterize_model(holder, inplace=inplace)
+    return fused[0]  # type: ignore[index]  # timm annotates the ModuleList it gets back as nn.Module

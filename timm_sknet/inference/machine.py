@@ -40,7 +40,7 @@ class MachineInfo:
 
 def read_cpuinfo(path: str = '/proc/cpuinfo') -> tuple:
     """(model name, flags) from a Linux cpuinfo file; the platform's names and no flags where there is none."""
-    model, flags = '', set()
+    model, flags = '', set[str]()
     try:
         with open(path, encoding='utf-8', errors='replace') as f:
             for line in f:

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import numpy as np
 
@@ -110,7 +110,7 @@ class PortableOVModel:
     def __init__(self, model: Any):
         self.model = model
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[bytes, bytes], 'PortableOVModel'], Tuple[bytes, bytes]]:
         import openvino as ov
         with tempfile.TemporaryDirectory() as tmp:
             ov.save_model(self.model, str(Path(tmp) / 'model.xml'), compress_to_fp16=False)

@@ -17,7 +17,7 @@ Sharing: an optimized model may be called from any number of threads at once; it
 ran its runtime, an OpenVINO or inductor model raises at once instead of hanging (:mod:`.forking`).
 """
 import logging
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class OptimizedModel(nn.Module):
         refuse_in_forked_child(self.backend)
         return self._runner.run(x)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[..., 'OptimizedModel'], Tuple[Any, ...]]:
         """Pickled as the recipe that builds the same runtime again (weights, ONNX bytes or OpenVINO IR)."""
         if self._runner.recipe is None:
             raise TypeError(f'this OptimizedModel ({self.description}) has no recipe to rebuild it from, so it '
@@ -132,7 +132,7 @@ def _check_precision(precision: str, device: torch.device) -> None:
 
 
 def _top1_agreement(out: Outputs, ref: Outputs) -> Optional[float]:
-    if not isinstance(ref, torch.Tensor) or ref.dim() != 2:
+    if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor) or ref.dim() != 2:
         return None
     return float((out.argmax(-1) == ref.argmax(-1)).float().mean())
 

@@ -6,8 +6,9 @@ to the convolution's dtype. Nothing here knows about SK units or blocks; the lay
 their own parts.
 """
 import copy
-from typing import List
+from typing import List, Optional
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -53,10 +54,14 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
         raise ValueError(
             f'cannot fold {type(bn).__name__}({mean.numel()}) into a conv with {conv.out_channels} outputs')
 
-    def f64(t):
-        return None if t is None else t.detach().double()
-    weight, bias = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(mean), f64(var), bn.eps,
-                                        f64(getattr(bn, 'weight', None)), f64(getattr(bn, 'bias', None)))
+    def f64(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().double()
+
+    def optional_f64(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else f64(t)
+    weight, bias = fuse_conv_bn_weights(f64(conv.weight), optional_f64(conv.bias), f64(mean), f64(var),
+                                        float(getattr(bn, 'eps')), optional_f64(getattr(bn, 'weight', None)),
+                                        optional_f64(getattr(bn, 'bias', None)))
     fused = copy.deepcopy(conv)
     trainable = conv.weight.requires_grad
     fused.weight = nn.Parameter(weight.to(conv.weight.dtype).contiguous(), requires_grad=trainable)

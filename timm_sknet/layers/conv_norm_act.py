@@ -33,6 +33,7 @@ def fold_sequential(seq: nn.Sequential) -> nn.Sequential:
     """
     out = list(seq)
     for i in range(1, len(out)):
-        if is_batchnorm(out[i]) and isinstance(out[i - 1], nn.Conv2d):
-            out[i - 1], out[i] = fold_batchnorm(out[i - 1], out[i]), bn_act_parts(out[i])
+        conv = out[i - 1]
+        if is_batchnorm(out[i]) and isinstance(conv, nn.Conv2d):
+            out[i - 1], out[i] = fold_batchnorm(conv, out[i]), bn_act_parts(out[i])
     return nn.Sequential(*out)

@@ -14,7 +14,7 @@ What differs from timm is the computation, which never stacks the paths into a (
 the pooled descriptor is the sum of per-path means, and the selection a running weighted sum. Both are exact
 rewrites of the paper's equations; they save memory traffic and activation memory.
 """
-from typing import List, Optional, Sequence, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
@@ -84,10 +84,10 @@ class SelectiveKernelAttn(nn.Module):
             attn_channels: int = DEFAULT_MIN_ATTN_CHANNELS,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
-            device=None,
-            dtype=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
-        dd = {'device': device, 'dtype': dtype}
+        dd: Dict[str, Any] = {'device': device, 'dtype': dtype}
         super().__init__()
         self.num_paths = num_paths
         self.fc_reduce = nn.Conv2d(channels, attn_channels, kernel_size=1, bias=False, **dd)
@@ -172,10 +172,10 @@ class SelectiveKernel(nn.Module):
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_layer: Optional[Type[nn.Module]] = None,
-            device=None,
-            dtype=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
-        dd = {'device': device, 'dtype': dtype}
+        dd: Dict[str, Any] = {'device': device, 'dtype': dtype}
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         kernel_sizes = _as_list(kernel_sizes, 'kernel_sizes')

@@ -6,8 +6,9 @@ the nearest integer (timm's ``make_divisible`` with divisor 1: halves round up, 
 than 10 % below the ratio), with no rounding to a multiple of 8, as in the SE paper. Pass ``attn_layer=SEModule`` (or ``'se'``) to
 an SK block or ``SKNet`` to add SE after the block's last conv, as SENet does.
 """
-from typing import Type
+from typing import Optional, Type, Union
 
+import torch
 from torch import nn
 
 from timm.layers import SEModule as _TimmSEModule
@@ -23,8 +24,8 @@ class SEModule(_TimmSEModule):
             in_channels: int,
             reduction: int = 16,
             act_layer: Type[nn.Module] = nn.ReLU,
-            device=None,
-            dtype=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         if not isinstance(in_channels, int) or in_channels <= 0:
             raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')

@@ -14,7 +14,7 @@ unit fold themselves, and a block folds only its downsample shortcut, a plain ``
 ``forward`` is plain tensor code; speed is left to compilers and runtimes (:mod:`timm_sknet.inference`).
 """
 import math
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional, Type, Union
 
 import torch
 from torch import nn
@@ -86,10 +86,10 @@ class SKBasicBlock(_SKResidual):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            device=None,
-            dtype=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
-        dd = {'device': device, 'dtype': dtype}
+        dd: Dict[str, Any] = {'device': device, 'dtype': dtype}
         super().__init__()
         if cardinality != 1 or base_width != 64:
             raise ValueError(
@@ -136,10 +136,10 @@ class SKBottleneck(_SKResidual):
             aa_layer: Optional[Type[nn.Module]] = None,
             drop_block: Optional[Type[nn.Module]] = None,
             drop_path: Optional[nn.Module] = None,
-            device=None,
-            dtype=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
-        dd = {'device': device, 'dtype': dtype}
+        dd: Dict[str, Any] = {'device': device, 'dtype': dtype}
         super().__init__()
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first

@@ -3,7 +3,7 @@
 MACs are counted by ``torch.utils.flop_counter`` (FLOPs / 2) on the meta device, so counting even
 SKNet-152 allocates no memory and takes well under a second.
 """
-from typing import Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ def count_macs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224
     return counter.get_total_flops() // 2
 
 
-def measure(model_name: str, input_size: Tuple[int, int, int] = (3, 224, 224), **kwargs) -> Tuple[int, int]:
+def measure(model_name: str, input_size: Tuple[int, int, int] = (3, 224, 224), **kwargs: Any) -> Tuple[int, int]:
     """(params, MACs) of a registered model, built on the meta device."""
     with torch.device('meta'):
         model = timm.create_model(model_name, **kwargs)

@@ -28,7 +28,7 @@ class SKFeatureGetterNet(FeatureGetterNet):
     """``feature_cls='getter'``: timm's ``FeatureGetterNet`` with grad checkpointing passed to the model."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
+        getattr(self.model, 'set_grad_checkpointing')(enable)
 
 
 class SKFeatureGraphNet(FeatureGraphNet):

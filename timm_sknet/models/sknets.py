@@ -20,7 +20,7 @@ already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 The ``*_caffe`` models are the networks of the authors' published Caffe models (github.com/implus/SKNet),
 layer for layer, so that ``timm-sknet convert-caffe`` (``timm_sknet.tools.caffe``) gives their exact outputs.
 """
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union, cast
 
 from torch import nn
 
@@ -114,13 +114,15 @@ class SKNet(ResNet):
         block_args = dict(block_args or {})
         block_args['sk_kwargs'] = {**sk_kwargs, **block_args.get('sk_kwargs', {})}
         super().__init__(
-            block, tuple(layers), num_classes=num_classes, cardinality=cardinality, base_width=base_width,
+            block,  # type: ignore[arg-type]  # timm annotates block as an instance; it takes the class
+            tuple(layers), num_classes=num_classes, cardinality=cardinality, base_width=base_width,
             block_args=block_args, **resnet_args)
         self.kernel_sizes = list(kernel_sizes)
         self.base_width = base_width
         self.cardinality = cardinality
         if stem_pool == 'caffe':
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+            self.maxpool = nn.MaxPool2d(  # type: ignore[assignment]  # timm infers its own stems' Sequential
+                kernel_size=3, stride=2, padding=0, ceil_mode=True)
         if stage_attn_channels is not None:
             self._set_stage_attn_channels(stage_attn_channels, resnet_args)
 
@@ -154,7 +156,7 @@ class SKNet(ResNet):
             return  # already folded
         if isinstance(self.conv1, nn.Sequential):  # deep stems: conv-bn-act-conv-bn-act-conv, then bn1
             self.conv1 = fold_sequential(self.conv1)
-            self.conv1[-1] = fold_batchnorm(self.conv1[-1], self.bn1)
+            self.conv1[-1] = fold_batchnorm(cast(nn.Conv2d, self.conv1[-1]), self.bn1)  # the stem ends in a conv
         elif isinstance(self.conv1, nn.Conv2d):
             self.conv1 = fold_batchnorm(self.conv1, self.bn1)
         else:
@@ -179,11 +181,11 @@ def _check_caffe_args(
                          f'got {stage_attn_channels!r}')
 
 
-def _weight_source(cfg) -> Optional[str]:
+def _weight_source(cfg: Any) -> Optional[str]:
     return cfg.state_dict is not None and 'state_dict' or cfg.file or cfg.hf_hub_id or cfg.url or None
 
 
-def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
+def _create_sknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SKNet:
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
@@ -200,7 +202,8 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
     return build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(kwargs))
 
 
-def _stamp_if_the_tags_own(model: nn.Module, variant: str, cfg, kwargs: Dict[str, Any]) -> None:
+def _stamp_if_the_tags_own(model: nn.Module, variant: str, cfg: 'timm.models.PretrainedCfg',
+                           kwargs: Dict[str, Any]) -> None:
     """Stamp ``model`` with its tag when the weights just loaded are the tag's own (its registered source, not a
     file, folder or Hub repository the user named), for the model card (``timm_sknet.hub.provenance``)."""
     registered = timm.models.get_pretrained_cfg(f'{variant}.{cfg.tag}') if cfg.tag and not cfg.source else None
@@ -241,7 +244,7 @@ def _convert_caffe_hint(variant: str) -> str:
         f'load {load}.')
 
 
-def _cfg(hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
+def _cfg(hf_hub_id: str = '', **kwargs: Any) -> Dict[str, Any]:
     return {
         'hf_hub_id': hf_hub_id or None,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
@@ -297,21 +300,21 @@ _PAPER_SK = dict(block=SKBottleneck, cardinality=32, base_width=4, reduction=16,
 
 
 @register_model
-def sknet18(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet18(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SK-ResNet-18: basic blocks, input split across 2 paths (timm's skresnet18 layout)."""
     model_args = dict(layers=(2, 2, 2, 2), **_BASIC_SK)
     return _create_sknet('sknet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet34(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet34(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SK-ResNet-34: basic blocks, input split across 2 paths (timm's skresnet34 layout)."""
     model_args = dict(layers=(3, 4, 6, 3), **_BASIC_SK)
     return _create_sknet('sknet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet_tiny(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """sknet18 at a quarter of the width (stages 16-32-64-128): 0.74M params, for small images.
 
     The stem conv stays 64 wide: timm's plain ResNet stem ignores ``stem_width`` (only deep stems use it),
@@ -324,28 +327,28 @@ def sknet_tiny(pretrained: bool = False, **kwargs) -> SKNet:
 
 
 @register_model
-def sknet50(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet50(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-50 of the paper: ResNeXt-50 32x4d with SK units (M=2, G=32, r=16, L=32)."""
     model_args = dict(layers=(3, 4, 6, 3), **_PAPER_SK)
     return _create_sknet('sknet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet101(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet101(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-101 of the paper: ResNeXt-101 32x4d with SK units. No pretrained weights exist."""
     model_args = dict(layers=(3, 4, 23, 3), **_PAPER_SK)
     return _create_sknet('sknet101', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet152(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet152(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """SKNet-152: ResNeXt-152 32x4d depth (3-8-36-3) with the paper's SK units. No pretrained weights exist."""
     model_args = dict(layers=(3, 8, 36, 3), **_PAPER_SK)
     return _create_sknet('sknet152', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def sknet50_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet50_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """The authors' Caffe SKNet-50: sknet50 with Caffe's stem pooling (no padding, size rounded up).
 
     Weights: convert the authors' caffemodel with ``timm-sknet convert-caffe``; ``pretrained=True`` says how.
@@ -355,7 +358,7 @@ def sknet50_caffe(pretrained: bool = False, **kwargs) -> SKNet:
 
 
 @register_model
-def sknet101_caffe(pretrained: bool = False, **kwargs) -> SKNet:
+def sknet101_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """The authors' Caffe SKNet-101: sknet101 with Caffe's stem pooling and d = 16 in the second stage.
 
     The rule d = max(C / 16, 32) gives 32 there; the published model uses 16 (48.69 M parameters).

@@ -17,7 +17,7 @@ timm's ``timm.layers.SelectiveKernelAttn`` (timm's skresnet/skresnext) are recog
 """
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -63,16 +63,18 @@ class SKUnitInfo:
     @property
     def largest_path(self) -> int:
         """Index of the path with the largest receptive field (the last path if unknown)."""
-        if self.path_extents is None:
+        extents = self.path_extents
+        if extents is None:
             return self.num_paths - 1
-        return max(range(self.num_paths), key=lambda i: (self.path_extents[i], i))
+        return max(range(self.num_paths), key=lambda i: (extents[i], i))
 
     @property
     def smallest_path(self) -> int:
         """Index of the path with the smallest receptive field (the first path if unknown)."""
-        if self.path_extents is None:
+        extents = self.path_extents
+        if extents is None:
             return 0
-        return min(range(self.num_paths), key=lambda i: (self.path_extents[i], i))
+        return min(range(self.num_paths), key=lambda i: (extents[i], i))
 
 
 def _path_extents(model: nn.Module, attn_path: str, num_paths: int) -> Optional[Tuple[int, ...]]:
@@ -108,7 +110,7 @@ def find_sk_units(model: nn.Module) -> Dict[str, Tuple[SKUnitInfo, nn.Module]]:
     for (path, module, stage, block), short in zip(found, short_names):
         # two units in one block would share a paper name: fall back to module paths for those
         name = short if short_names.count(short) == 1 else path
-        num_paths = int(module.num_paths)
+        num_paths = int(getattr(module, 'num_paths'))
         info = SKUnitInfo(name, path, stage, block, num_paths, _path_extents(model, path, num_paths))
         units[name] = (info, module)
     return units
@@ -210,7 +212,7 @@ class record_sk_attention:  # noqa: N801  (used as a context manager, like torch
             raise
         return self.record
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._remove()
 
     def _remove(self) -> None:
@@ -218,9 +220,9 @@ class record_sk_attention:  # noqa: N801  (used as a context manager, like torch
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         record = self.record
 
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
             record._append(name, output)
         return hook

@@ -23,6 +23,7 @@ measured in the same run. ``timm-sknet bench <runner>`` runs one; ``benchmarks/r
 """
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -36,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -51,6 +52,8 @@ from ..models.complexity import count_macs
 __all__ = ['BackboneRunner', 'BenchmarkRunner', 'ConcurrencyRunner', 'EagerRunner', 'InferenceRunner', 'RUNNERS',
            'Report', 'ServeRunner', 'concurrent_rate', 'gemm_peaks', 'int8_accuracy', 'Load', 'load_clients', 'markdown',
            'serving_process', 'time_alternating', 'write_report']
+#: what a timed runner is called by (a name, or a (path, variant) key)
+K = TypeVar('K', bound=Hashable)
 
 GEMM_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 1024, 1024), (512, 4096, 512))
 #: (backend, precision) run for both models, and for ours only
@@ -105,13 +108,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_alternating(runners: Dict[str, Callable[[], Any]], runs: int, warmup: int,
-                     device: torch.device = torch.device('cpu')) -> Dict[str, float]:
+def time_alternating(runners: Dict[K, Callable[[], Any]], runs: int, warmup: int,
+                     device: torch.device = torch.device('cpu')) -> Dict[K, float]:
     """Median seconds per call of each runner, called in rotation (A B C A B C ...) so that noise hits all alike."""
     for _ in range(warmup):
         for run in runners.values():
             run()
-    times: Dict[str, List[float]] = {k: [] for k in runners}
+    times: Dict[K, List[float]] = {k: [] for k in runners}
     for _ in range(runs):
         for k, run in runners.items():
             _sync(device)
@@ -131,10 +134,10 @@ def gemm_peaks(device: torch.device = torch.device('cpu'), shapes: Sequence[Tupl
     peaks = {}
     for name, dtype in dtypes.items():
         g = torch.Generator().manual_seed(0)
-        runners = {}
+        runners: Dict[Tuple[int, int, int], Callable[[], Any]] = {}
         for m, n, k in shapes:
             a, b = (torch.randn(*s, generator=g).to(device, dtype) for s in ((m, k), (k, n)))
-            runners[(m, n, k)] = lambda a=a, b=b: torch.mm(a, b)
+            runners[(m, n, k)] = functools.partial(torch.mm, a, b)
         seconds = time_alternating(runners, runs, 1, device)
         peaks[name] = max(2 * m * n * k / s / 1e9 for (m, n, k), s in seconds.items())
     return peaks
@@ -153,7 +156,7 @@ def _randomize_batchnorm(model: nn.Module) -> nn.Module:
     """BatchNorm statistics as after training, so that folding and quantization are not trivially exact."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
     return model
@@ -200,7 +203,7 @@ class BenchmarkRunner:
         return (f'{what}: {self.our_name} vs timm {self.timm_name}, same weights, {self.image_size} px, median of '
                 f'{self.runs} alternating runs')
 
-    def time(self, runners: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+    def time(self, runners: Dict[K, Callable[[], Any]]) -> Dict[K, float]:
         return time_alternating(runners, self.runs, self.warmup, self.device)
 
     def batch(self, batch_size: int, channels_last: bool = False) -> torch.Tensor:
@@ -244,7 +247,7 @@ class InferenceRunner(BenchmarkRunner):
         rows = []
         for batch_size in self.batch_sizes:
             x = self.batch(batch_size)
-            seconds = self.time({key: (lambda m=m: m(x)) for key, m in built.items()})
+            seconds = self.time({key: functools.partial(m, x) for key, m in built.items()})
             rows += [dict(path=' '.join(key), batch=batch_size, images_per_s=batch_size / seconds[key],
                           error=built[key].error, runs_as=built[key].description) for key in built]
         return Report(self.title('Inference'), machine,
@@ -295,7 +298,7 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """Forward, a loss over every output, backward, SGD step: one training step of any model."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def step():
+    def step() -> None:
         out = model(x)
         loss = sum(o.float().mean() for o in (out if isinstance(out, (list, tuple)) else [out]))
         loss.backward()
@@ -305,7 +308,7 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 
 def _inference(model: nn.Module, x: torch.Tensor, autocast: bool = False) -> Callable[[], Any]:
-    def run():
+    def run() -> Any:
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             return model(x)
     return run
@@ -385,7 +388,7 @@ class BackboneRunner(BenchmarkRunner):
         for name, model, checkpointing in (('timm', self.reference, False), ('sknet', self.ours, False),
                                            ('sknet, grad checkpointing', self.ours, True)):
             model = _laid_out(model, False).train()
-            model.set_grad_checkpointing(checkpointing)
+            getattr(model, 'set_grad_checkpointing')(checkpointing)
             rows.append(dict(model=name, batch=x.shape[0], peak_mib=peak_memory_mb(_train_step(model, x), self.device)))
         return rows
 
@@ -617,13 +620,14 @@ def int8_accuracy(tiny_images: int = 1200, sknet50_images: int = 64, log: Callab
     """
     from .synthetic_data import SyntheticShapes
 
-    def batches(model, split, n, size, seed=0, batch=32):
+    def batches(model: nn.Module, split: str, n: int, size: int, seed: int = 0,
+                batch: int = 32) -> Tuple[List[torch.Tensor], List[int]]:
         transform = timm.data.create_transform(**timm.data.resolve_data_config(
             {'input_size': (3, size, size)}, model=model))
         ds = SyntheticShapes(n, image_size=size, seed=seed, split=split, num_classes=6, transform=transform)
         return [torch.stack([ds[i][0] for i in range(j, min(j + batch, n))]) for j in range(0, n, batch)], ds.targets
 
-    def logits(model, images):
+    def logits(model: nn.Module, images: List[torch.Tensor]) -> torch.Tensor:
         with torch.inference_mode():
             return torch.cat([model(b) for b in images])
     rows = []
@@ -631,14 +635,14 @@ def int8_accuracy(tiny_images: int = 1200, sknet50_images: int = 64, log: Callab
         model = timm.create_model(name, pretrained=name.endswith('synthetic')).eval()
         if name == 'sknet50':
             _randomize_batchnorm(model)
-        size = model.pretrained_cfg['input_size'][-1]
+        size = getattr(model, 'pretrained_cfg')['input_size'][-1]
         calibration, _ = batches(model, 'train', 300, size)
         images, labels = batches(model, 'validation', n_eval, size)
         ref, out = logits(model, images), logits(optimize(model, 'openvino', 'int8', calibration=calibration), images)
-        labels = torch.tensor(labels)
+        targets = torch.tensor(labels)
         rows.append(dict(model=name, images=n_eval, relative_error=float((out - ref).abs().max() / ref.abs().max()),
                          top1_agreement=float((out.argmax(1) == ref.argmax(1)).float().mean()),
-                         fp32_top1=float((ref.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None,
-                         int8_top1=float((out.argmax(1) == labels).float().mean()) if model.num_classes == 6 else None))
+                         fp32_top1=float((ref.argmax(1) == targets).float().mean()) if model.num_classes == 6 else None,
+                         int8_top1=float((out.argmax(1) == targets).float().mean()) if model.num_classes == 6 else None))
         log(f'  {name}: top-1 agreement {rows[-1]["top1_agreement"]:.2%}')
     return Report('int8 (OpenVINO + NNCF) against fp32', describe_machine(), {'accuracy': rows})

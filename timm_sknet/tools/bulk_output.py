@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -147,7 +147,7 @@ class Embeddings:
             shutil.copyfileobj(rows, f, 1 << 20)
         self.partial.unlink()
 
-    def _header(self, f, rows_of: str) -> None:
+    def _header(self, f: BinaryIO, rows_of: str) -> None:
         shape = (self.rows, self.size)
         if self.path.suffix.lower() == '.npy':
             np.lib.format.write_array_header_1_0(f, {'descr': '<f4', 'fortran_order': False, 'shape': shape})
@@ -198,7 +198,8 @@ class Printer:
         self.topk, self.written, self.failed = topk, 0, 0
         self.done: List[str] = []
 
-    def write(self, rows: List[Dict[str, Any]], embeddings, failures: List[Tuple[str, str]]) -> None:
+    def write(self, rows: List[Dict[str, Any]], embeddings: Optional[np.ndarray],
+              failures: List[Tuple[str, str]]) -> None:
         for row in rows:
             print(f'{row["path"]}:')
             for rank in range(1, self.topk + 1):

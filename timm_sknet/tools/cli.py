@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TypeAlias
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .classify import class_names
 from .help_format import Parser
 from .images import ImageError
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 __all__ = ['CLIError', 'build_parser', 'main', 'model_table']
 
 #: Exceptions that are the user's to fix: printed as one ``timm-sknet: error: ...`` line, exit status 2.
@@ -30,6 +33,8 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ImageError
                FloatingPointError)
 #: ``predict --workers``: DataLoader processes decoding images
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+#: what ``add_subparsers`` returns (generic for type checkers only, hence the string)
+SubParsers: TypeAlias = 'argparse._SubParsersAction[Parser]'
 
 
 class CLIError(Exception):
@@ -47,7 +52,7 @@ def model_table() -> str:
     for name in timm.list_models('sknet*'):
         params, macs = measure(name)
         cfg = timm.models.get_pretrained_cfg(name)
-        loads = cfg.tag if cfg.has_weights else '-'
+        loads = cfg.tag if cfg is not None and cfg.has_weights and cfg.tag else '-'
         top1 = WEIGHTS_TOP1.get(f'{name}.{loads}')
         paper = PAPER.get(name)
         rows.append(' | '.join([
@@ -117,7 +122,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, default_backend: Optional[str]
                    help='int8: how many calibration images (default: 300)')
 
 
-def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
+def _calibration(model: nn.Module, args: argparse.Namespace,
+                 input_size: Sequence[int]) -> Optional[List[torch.Tensor]]:
     """int8: ``--calibration-images`` from ``--calibration-dir`` or the synthetic shapes; else None."""
     if args.precision != 'int8':
         return None
@@ -130,7 +136,7 @@ def _calibration(model: nn.Module, args: argparse.Namespace, input_size):
     return calibration_batches(model, args.calibration_dir, num_images=args.calibration_images, input_size=input_size)
 
 
-def _optimized(model: nn.Module, args: argparse.Namespace, input_size) -> nn.Module:
+def _optimized(model: nn.Module, args: argparse.Namespace, input_size: Sequence[int]) -> nn.Module:
     """``model`` through ``timm_sknet.inference.optimize`` at ``--backend`` / ``--precision``."""
     from ..inference import BackendUnavailable, OptimizationError, optimize
     try:
@@ -152,7 +158,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_list_parser(sub) -> None:
+def _add_list_parser(sub: SubParsers) -> None:
     p = sub.add_parser('list', help="the model table: measured params and GMACs, the published top-1 of the weights "
                                     "pretrained=True loads, the paper's figures")
     p.set_defaults(func=_cmd_list)
@@ -190,7 +196,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_predict_parser(sub) -> None:
+def _add_predict_parser(sub: SubParsers) -> None:
     from .bulk import IMAGE_EXTENSIONS
     p = sub.add_parser(
         'predict', help='top-k classes of image files, folders, globs or a file list (printed, or CSV/JSONL)',
@@ -249,7 +255,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.what == 'int8-accuracy':
-        report = int8_accuracy(*((60, 8) if args.quick else ()), log=log)
+        report = int8_accuracy(60, 8, log=log) if args.quick else int8_accuracy(log=log)
     else:
         report = RUNNERS[args.what](**_bench_options(args), log=log).run()
     print(markdown(report))
@@ -258,7 +264,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench_parser(sub) -> None:
+def _add_bench_parser(sub: SubParsers) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
     p.add_argument('what', nargs='?', default='inference',
@@ -287,7 +293,7 @@ def _add_bench_parser(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _export_file(model: nn.Module, args: argparse.Namespace, input_size) -> Path:
+def _export_file(model: nn.Module, args: argparse.Namespace, input_size: Optional[Sequence[int]]) -> Path:
     from ..inference import export_onnx, export_torchscript
     if args.format == 'torchscript':
         return export_torchscript(model, args.out, method=args.method, input_size=input_size)
@@ -295,9 +301,9 @@ def _export_file(model: nn.Module, args: argparse.Namespace, input_size) -> Path
         return export_onnx(model, args.out, input_size=input_size, opset=args.opset)
     from ..inference.export import resolve_input_size
     from ..inference.openvino_ir import export_openvino
-    input_size = resolve_input_size(model, input_size)
-    calibration = _calibration(model, args, input_size)
-    return export_openvino(model, args.out, precision=args.precision, input_size=input_size, calibration=calibration)
+    size = resolve_input_size(model, input_size)
+    calibration = _calibration(model, args, size)
+    return export_openvino(model, args.out, precision=args.precision, input_size=size, calibration=calibration)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -327,7 +333,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_export_parser(sub) -> None:
+def _add_export_parser(sub: SubParsers) -> None:
     from ..inference.export import MIN_ONNX_OPSET
     p = sub.add_parser('export', help='write ONNX, TorchScript or OpenVINO IR (checked against PyTorch before it is kept)')
     p.add_argument('format', choices=('onnx', 'torchscript', 'openvino'),
@@ -359,7 +365,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert_parser(sub) -> None:
+def _add_convert_parser(sub: SubParsers) -> None:
     p = sub.add_parser('convert', help='write a Hugging Face Hub folder (config.json, model.safetensors, README.md)')
     p.add_argument('out', metavar='OUT', help='folder to create')
     _add_model_args(p)
@@ -387,7 +393,7 @@ def _cmd_convert_caffe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_convert_caffe_parser(sub) -> None:
+def _add_convert_caffe_parser(sub: SubParsers) -> None:
     from .caffe import CAFFE_MEAN_BGR
     p = sub.add_parser('convert-caffe', help="the authors' Caffe SKNet-50/101 (prototxt + caffemodel) as a Hub folder")
     p.add_argument('prototxt', metavar='PROTOTXT', help='sknet50.prototxt or sknet101.prototxt of github.com/implus/SKNet')
@@ -429,7 +435,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_attention_parser(sub) -> None:
+def _add_attention_parser(sub: SubParsers) -> None:
     from .scale_analysis import DEFAULT_SCALES
     p = sub.add_parser('attention', help="the paper's scale analysis: SK attention (large - small kernel) per "
                                          'unit as the object grows')
@@ -462,14 +468,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parser(sub) -> None:
+def _add_train_parser(sub: SubParsers) -> None:
     from .train_args import add_train_arguments
     p = sub.add_parser('train', help='train or fine-tune an sknet (ImageFolder or synthetic shapes; torchrun for DDP)')
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
-def _serve_app(options: Dict[str, Any]):
+def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     """The app ``timm-sknet serve`` runs, from its parsed options: the model loaded, optimized, then served."""
     from timm.data import create_transform
 
@@ -485,7 +491,7 @@ def _serve_app(options: Dict[str, Any]):
                       max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
 
 
-def serve_app_from_environment():
+def serve_app_from_environment() -> 'FastAPI':
     """uvicorn's app factory in each ``serve --workers N`` process: the options the command put in the environment."""
     from .serve import ENV_OPTIONS
     return _serve_app(json.loads(os.environ[ENV_OPTIONS]))
@@ -501,7 +507,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # the cores this process may use, shared by every model call at once (torch threads back every backend)
     args.threads = args.threads or max(1, torch.get_num_threads() // (args.workers * args.concurrency))
     options = {k: v for k, v in vars(args).items() if k != 'func'}
-    app = _serve_app(options)  # here too with --workers: a bad option fails before the port opens
+    app: 'FastAPI | str' = _serve_app(options)  # here too with --workers: a bad option fails before the port opens
     if args.workers > 1:  # each worker builds its own model (an optimized model is not shared across processes)
         del app
         os.environ[ENV_OPTIONS] = json.dumps(options)
@@ -510,7 +516,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_serve_parser(sub) -> None:
+def _add_serve_parser(sub: SubParsers) -> None:
     from .serve import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
     p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
                                      '(docs/serving.md)')
@@ -532,9 +538,23 @@ def _add_serve_parser(sub) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from .env import print_env
+    print_env(as_json=args.json)
+    return 0
+
+
+def _add_env_parser(sub: SubParsers) -> None:
+    p = sub.add_parser('env', help='versions, machine, Hub cache and the optimize backends that run here: '
+                                   'paste it into a bug report')
+    p.add_argument('--json', action='store_true', help='print the same as JSON')
+    p.set_defaults(func=_cmd_env)
+
+
 SUBCOMMANDS = (
     _add_list_parser, _add_predict_parser, _add_bench_parser, _add_export_parser, _add_convert_parser,
     _add_convert_caffe_parser, _add_attention_parser, _add_train_parser, _add_serve_parser,
+    _add_env_parser,
 )
 
 

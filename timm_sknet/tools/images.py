@@ -1,6 +1,10 @@
 """Reading images for the command line and the analysis tools, with errors that say what to do."""
+import os
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:  # PIL is imported when an image is read, not with the module
+    from PIL import Image
 
 __all__ = ['SAMPLE_PHOTO', 'ImageError', 'load_image']
 
@@ -14,7 +18,7 @@ class ImageError(OSError):
     """An image file exists but cannot be decoded (not an image, truncated, or an unsupported format)."""
 
 
-def load_image(path: Union[str, Path]):
+def load_image(path: Union[str, 'os.PathLike[str]']) -> 'Image.Image':
     """Open ``path`` as an RGB ``PIL.Image``, fully decoded (so a truncated file fails here, not later).
 
     Raises:

@@ -58,8 +58,9 @@ def predict_samples(model: nn.Module, labels: List[str], device: str = 'cpu') ->
 
 def analyse_scales(model: nn.Module, num_images: int, seed: int) -> ScaleAnalysis:
     """The paper's analysis on fresh, centred synthetic objects small enough to be enlarged 2x."""
-    labels = model.pretrained_cfg['label_names']
-    images = centred_shapes(num_images, image_size=model.pretrained_cfg['input_size'][-1], seed=seed,
+    cfg = getattr(model, 'pretrained_cfg')  # timm's, set when the model was built
+    labels = cfg['label_names']
+    images = centred_shapes(num_images, image_size=cfg['input_size'][-1], seed=seed,
                             num_classes=len(labels))
     analysis = run_scale_analysis(model, images, DEFAULT_SCALES, batch_size=64)
     analysis.model_name = EMBEDDED_TAG
@@ -87,7 +88,7 @@ def run_main_job(out_dir: str = 'output/main_job', num_images: int = 128, device
     out = Path(out_dir)
     verify_embedded_weights()
     model = timm.create_model(EMBEDDED_TAG, pretrained=True).to(device).eval()
-    labels = list(model.pretrained_cfg['label_names'])
+    labels = list(getattr(model, 'pretrained_cfg')['label_names'])
     print(f'{EMBEDDED_TAG}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, '
           f'classes {", ".join(labels)} (weights embedded in the package, sha256 verified)')
     rows = predict_samples(model, labels, device)

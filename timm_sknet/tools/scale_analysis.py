@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def attention_difference(weights: torch.Tensor, larger: int, smaller: int) -> to
     return (weights[:, larger].float() - weights[:, smaller].float()).mean(dim=1)
 
 
-def zoom_transform(data_config: Dict[str, Any], scale: float):
+def zoom_transform(data_config: Dict[str, Any], scale: float) -> Callable[[Any], torch.Tensor]:
     """The model's eval transform with the object enlarged ``scale`` times.
 
     timm's eval transform resizes the short side to ``size / crop_pct`` and centre-crops ``size``;

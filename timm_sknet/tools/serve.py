@@ -11,11 +11,16 @@ a worker thread, at most ``concurrency`` at once (an anyio limiter of its own, s
 ``timm-sknet serve`` runs it with uvicorn; docs/serving.md says how to size workers, concurrency and threads.
 """
 import io
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 from .classify import class_names, top_k
+
+if TYPE_CHECKING:  # the extra `serve` and PIL are imported where they are used
+    import fastapi
+    import PIL.Image
+    import starlette.requests
 
 __all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_UPLOAD_BYTES', 'UploadError', 'create_app', 'decode_image',
            'missing_packages', 'run']
@@ -38,7 +43,7 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> 'PIL.Image.Image':
     """``data`` as an RGB ``PIL.Image``, refused (:class:`UploadError`) if empty, unreadable or too large.
 
     The size comes from the header, so a decompression bomb (a small file of huge dimensions) is refused
@@ -63,7 +68,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise UploadError(422, f'the image could not be decoded ({e}); the file may be truncated or corrupt') from None
 
 
-def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labels: Optional[Sequence[str]]):
+def _default_preprocessing(model: nn.Module, transform: Optional[Callable],
+                           labels: Optional[Sequence[str]]) -> Tuple[Callable, Sequence[str]]:
     """The model's own eval transform and class names where it has a ``pretrained_cfg`` (an optimized model has not)."""
     if transform is not None and labels is not None:
         return transform, labels
@@ -74,7 +80,7 @@ def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labe
     return (transform or create_transform(**resolve_data_config(model=model)), labels or class_names(model))
 
 
-async def _read_upload(request, max_bytes: int) -> bytes:
+async def _read_upload(request: 'starlette.requests.Request', max_bytes: int) -> bytes:
     """The image's bytes: the multipart field ``file`` or the whole body, refused past ``max_bytes``."""
     from fastapi import HTTPException
     from starlette.requests import Request
@@ -92,7 +98,7 @@ async def _read_upload(request, max_bytes: int) -> bytes:
     if not request.headers.get('content-type', '').startswith('multipart/form-data'):
         return data
 
-    async def replay():
+    async def replay() -> Dict[str, Any]:
         return {'type': 'http.request', 'body': data, 'more_body': False}
     async with Request(request.scope, replay).form(max_files=1, max_fields=8) as form:
         upload = form.get(FIELD)
@@ -104,7 +110,7 @@ async def _read_upload(request, max_bytes: int) -> bytes:
 
 def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
                topk: int = 5, concurrency: int = 1, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS):
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> 'fastapi.FastAPI':
     """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
 
     Args:
@@ -155,7 +161,7 @@ def missing_packages() -> List[str]:
             if importlib.util.find_spec(module) is None]
 
 
-def run(app, host: str = '127.0.0.1', port: int = 8000, workers: int = 1) -> None:
+def run(app: Union['fastapi.FastAPI', str], host: str = '127.0.0.1', port: int = 8000, workers: int = 1) -> None:
     """Serve ``app`` with uvicorn until interrupted; ``workers`` > 1 needs ``app`` as an import string of a factory
     (``'module:function'``), which each worker process calls to build its own model."""
     import uvicorn

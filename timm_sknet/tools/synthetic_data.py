@@ -49,7 +49,8 @@ class ShapeSpec:
     noise_seed: int
 
 
-def _polygon(n: int, radius: float, cx: float, cy: float, angle: float, inner: Optional[float] = None):
+def _polygon(n: int, radius: float, cx: float, cy: float, angle: float,
+             inner: Optional[float] = None) -> List[Tuple[float, float]]:
     """Vertices of a regular n-gon (or a star, with ``inner`` radius between the tips)."""
     points = []
     steps = 2 * n if inner is not None else n
@@ -60,7 +61,7 @@ def _polygon(n: int, radius: float, cx: float, cy: float, angle: float, inner: O
     return points
 
 
-def _rotated(points, cx: float, cy: float, angle: float):
+def _rotated(points: Sequence[Tuple[float, float]], cx: float, cy: float, angle: float) -> List[Tuple[float, float]]:
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
 
@@ -136,7 +137,7 @@ def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def _random_colour(rng: random.Random) -> Tuple[int, int, int]:
-    return tuple(rng.randrange(256) for _ in range(3))
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
 
 
 def _luma(c: Sequence[int]) -> float:
@@ -215,7 +216,8 @@ class SyntheticShapes(Dataset):
         center = (0.5 + rng.uniform(-room, room), 0.5 + rng.uniform(-room, room))
         angle = rng.uniform(0, 360)
         bg0 = _random_colour(rng)
-        bg1 = tuple(min(255, max(0, c + rng.randint(-40, 40))) for c in bg0)
+        r, g, b = (min(255, max(0, c + rng.randint(-40, 40))) for c in bg0)
+        bg1 = (r, g, b)
         while True:  # the object must stand out from the background on average
             fg = _random_colour(rng)
             if abs(_luma(fg) - (_luma(bg0) + _luma(bg1)) / 2) > 80:
@@ -242,7 +244,7 @@ class SyntheticShapes(Dataset):
     def image(self, index: int) -> Image.Image:
         return render_shape(self.spec(index), self.image_size)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
         spec = self.spec(index)
         img = render_shape(spec, self.image_size)
         target = spec.label

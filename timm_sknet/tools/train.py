@@ -28,7 +28,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -180,7 +180,7 @@ def train_one_epoch(job: TrainJob, epoch: int) -> Dict[str, float]:
     return dict(loss=loss_sum[0].item() / loss_sum[1].item(), time_s=seconds, images_per_s=loss_sum[1].item() / seconds)
 
 
-def validate(model: nn.Module, loader, device: torch.device, amp_ctx: Callable = nullcontext,
+def validate(model: nn.Module, loader: Iterable[Any], device: torch.device, amp_ctx: Callable = nullcontext,
              distributed: bool = False) -> Dict[str, float]:
     """Mean loss and top-1 (%) over the whole validation set, summed across processes."""
     model.eval()

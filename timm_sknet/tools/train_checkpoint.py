@@ -72,7 +72,7 @@ def load_checkpoint(folder: Union[str, Path], model: nn.Module) -> Dict[str, Any
             f'{folder} is not a resumable checkpoint (missing {", ".join(missing)}). Pass the '
             f'"checkpoint" folder inside a training output folder, or the output folder itself.')
     config = read_config(folder)
-    arch = model.pretrained_cfg.get('architecture')
+    arch = getattr(model, 'pretrained_cfg').get('architecture')
     if config.get('architecture') != arch:
         raise ValueError(
             f'checkpoint {folder} is for architecture {config.get("architecture")!r}, but the model being '

@@ -56,7 +56,7 @@ def build_datasets(args: argparse.Namespace) -> Tuple[Any, Any, List[str]]:
     return train, val, classes
 
 
-def _class_names(dataset) -> List[str]:
+def _class_names(dataset: Any) -> List[str]:
     class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
     if not class_to_idx:
         raise ValueError(f'cannot read class names from {dataset!r}; expected an ImageFolder-style dataset')
@@ -85,7 +85,7 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
         create_kwargs['drop_path_rate'] = args.drop_path
     model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **create_kwargs)
     if args.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        getattr(model, 'set_grad_checkpointing')(True)  # every timm model has it; nn.Module does not declare it
     data_cfg = _data_config(args, model)
     model.to(device)
     if args.channels_last:
@@ -97,7 +97,8 @@ def build_model(args: argparse.Namespace, num_classes: int, device: torch.device
     return model, data_cfg
 
 
-def build_loaders(args: argparse.Namespace, train_ds, val_ds, data_cfg: Dict[str, Any], device: torch.device):
+def build_loaders(args: argparse.Namespace, train_ds: Any, val_ds: Any, data_cfg: Dict[str, Any],
+                  device: torch.device) -> Tuple[Any, Any]:
     """timm's loader (augmentation, DistributedSampler) for training; an exact shard per process for validation."""
     per_rank = len(train_ds) // args.world_size
     if per_rank < args.batch_size:
@@ -153,11 +154,12 @@ _WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filenam
 
 def set_export_cfg(model: nn.Module, data_cfg: Dict[str, Any], note: str) -> None:
     """Make ``model.pretrained_cfg`` describe *these* weights, not the ones the model started from."""
-    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _WEIGHT_SOURCE_KEYS}
+    cfg = {k: v for k, v in dict(getattr(model, 'pretrained_cfg')).items() if k not in _WEIGHT_SOURCE_KEYS}
     cfg.update({k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
                 if k in data_cfg})
-    reduction = model.feature_info[-1]['reduction'] if getattr(model, 'feature_info', None) else 32
+    feature_info = getattr(model, 'feature_info', None)
+    reduction = feature_info[-1]['reduction'] if feature_info else 32
     cfg['pool_size'] = tuple(math.ceil(s / reduction) for s in cfg['input_size'][1:])
     cfg['num_classes'] = model.num_classes
     cfg['notes'] = (note,)
-    model.pretrained_cfg = cfg
+    setattr(model, 'pretrained_cfg', cfg)  # timm's attribute, which nn.Module does not declare

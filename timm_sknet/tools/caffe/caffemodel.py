@@ -131,7 +131,7 @@ def parse_caffemodel(data: Union[bytes, memoryview], source: str = '<caffemodel>
     return layers
 
 
-def _first_name(partial: bytes) -> Optional[str]:
+def _first_name(partial: Union[bytes, memoryview]) -> Optional[str]:
     """The name of a layer of which only the first bytes exist, if they hold it."""
     try:
         for field in wire.fields(partial):

@@ -180,7 +180,7 @@ def _card(model: nn.Module, variant: OfficialVariant, prototxt: Path, caffemodel
           mean_bgr: Sequence[float]) -> str:
     source = CAFFE_SOURCES[variant.model]
     top1 = PAPER[variant.model].top1
-    mean_rgb = tuple(round(m, 6) for m in model.pretrained_cfg['mean'])
+    mean_rgb = tuple(round(m, 6) for m in getattr(model, 'pretrained_cfg')['mean'])
     return '\n'.join([
         f"{source.title} of Li et al., the authors' own Caffe model, converted to timm's `{variant.model}` by "
         f'`timm-sknet convert-caffe`.',

@@ -270,7 +270,7 @@ def match_official(net: Message, source: str) -> OfficialVariant:
         raise CaffeError(f"{source}: uses Caffe's pre-2015 V1 layer format; upgrade it with Caffe's "
                          'upgrade_net_proto_text tool first')
     got = tuple(layer_signature(layer) for layer in computing_layers(net))
-    best, best_prefix = None, -1
+    best, best_prefix = next(iter(OFFICIAL.values())), -1
     for variant in OFFICIAL.values():
         want = _official_signatures(variant.key)
         prefix = _common_prefix(got, want)

@@ -11,7 +11,7 @@ reported as errors.
 import codecs
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Union
 
 from .errors import CaffeError
 
@@ -23,6 +23,9 @@ class Enum(str):
 
 
 Value = Union['Message', str, int, float, bool]
+#: what a field read gives back: a prototxt's schema lives in caffe.proto, not here, so a reader knows (and checks)
+#: what a field holds, as with ``json.loads``
+Field = Any
 
 
 class Message:
@@ -34,11 +37,11 @@ class Message:
     def add(self, name: str, value: Value) -> None:
         self.fields.setdefault(name, []).append(value)
 
-    def all(self, name: str) -> List[Value]:
+    def all(self, name: str) -> List[Field]:
         """Every value of ``name`` (empty when absent)."""
         return self.fields.get(name, [])
 
-    def get(self, name: str, default: Optional[Value] = None) -> Optional[Value]:
+    def get(self, name: str, default: Field = None) -> Field:
         """The last value of ``name``, as protobuf keeps the last of a non-repeated field; ``default`` if absent."""
         values = self.fields.get(name)
         return values[-1] if values else default
@@ -53,7 +56,7 @@ class Message:
         return f'Message({self.fields!r})'
 
 
-def message(**fields: Union[Value, List[Value]]) -> Message:
+def message(**fields: Union[Value, List[Any]]) -> Message:
     """A ``Message`` from keyword arguments; a list value is a repeated field (``top=['a', 'b']``)."""
     msg = Message()
     for name, value in fields.items():
@@ -87,7 +90,7 @@ def _tokenize(text: str, source: str) -> Iterator[_Token]:
         if m is None:
             raise CaffeError(f'{source}:{_where(text, pos)}: unexpected character {text[pos]!r}; '
                              f'is this a Caffe .prototxt (protobuf text format)?')
-        if m.lastgroup != 'skip':
+        if m.lastgroup is not None and m.lastgroup != 'skip':  # every pattern is a named group
             yield _Token(m.lastgroup, m.group(), pos)
         pos = m.end()
     yield _Token('end', '', len(text))

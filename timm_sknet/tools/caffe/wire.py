@@ -8,7 +8,7 @@ all a caffemodel reader needs (a few fields of three messages) and skips everyth
 
 Payloads are ``memoryview`` slices of the file's bytes: a 200 MB caffemodel is never copied field by field.
 """
-from typing import Iterator, List, NamedTuple, Tuple, Union
+from typing import Any, Iterator, List, NamedTuple, Tuple, Union
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class WireError(ValueError):
     of it that exist, so a reader can still say what was cut (a caffemodel names the layer).
     """
 
-    def __init__(self, message: str, offset: int, number: int = 0, partial: bytes = b''):
+    def __init__(self, message: str, offset: int, number: int = 0, partial: Union[bytes, memoryview] = b''):
         super().__init__(message)
         self.offset, self.number, self.partial = offset, number, partial
 
@@ -32,7 +32,9 @@ class WireError(ValueError):
 class Field(NamedTuple):
     number: int
     wire_type: int
-    value: Union[int, memoryview]  # int for varints; the raw bytes for the other wire types
+    # int for varints, the raw bytes (memoryview) for the other wire types: wire_type says which, which a type
+    # checker cannot follow, so readers get Any and check wire_type themselves
+    value: Any
     offset: int  # where the field's key starts in the file
     payload_offset: int  # where ``value`` starts in the file: the ``base`` of its own fields
 
