@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-for what in inference eager backbone int8-accuracy serve; do
+for what in inference eager backbone concurrency int8-accuracy serve; do
     timm-sknet bench "$what" --out "benchmarks/results/${what//-/_}" "$@"
 done

@@ -163,6 +163,15 @@ def test_links_work_on_pypi_github_and_the_site(page):
             assert (REPO / target[len(GITHUB_FILE):]).exists(), target
 
 
+def test_the_install_line_names_every_extra_a_user_installs():
+    """``test`` and ``docs`` are the project's own; ``export`` is what ``onnxruntime`` installs, under the name of the
+    function it serves."""
+    import tomllib
+    extras = set(tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['optional-dependencies'])
+    line = next(line for line in (REPO / 'README.md').read_text().splitlines() if line.startswith('pip install timm-sknet'))
+    assert set(re.findall(r'\[(\w+)\]', line)) == extras - {'test', 'docs', 'export'}
+
+
 def test_the_documentation_url_is_where_the_site_is_served():
     import tomllib
 

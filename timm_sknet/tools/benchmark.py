@@ -458,8 +458,8 @@ class ConcurrencyRunner(BenchmarkRunner):
                 self.log(f'  {path} b{batch_size}: ' + ', '.join(f"{r['callers']} callers x{r['vs_one_caller']:.2f}"
                                                                  for r in rows if r['path'] == path and
                                                                  r['batch'] == batch_size and r['vs_one_caller']))
-        return Report(self.title(f'Concurrent callers of one optimized {self.our_name} ({self.calls} calls each)'),
-                      machine, {'throughput': rows})
+        return Report(f'Concurrent callers of one optimized {self.our_name}, {self.image_size} px, {self.calls} calls '
+                      f'each, median of {self.runs} alternating rounds', machine, {'throughput': rows})
 
 
 
