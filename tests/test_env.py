@@ -132,8 +132,9 @@ def test_exported_backends_are_cpu_only_on_a_gpu(tiny):
     assert env.why_not('inductor', 'fp32', 'cuda') is None
 
 
-def test_inductor_without_a_compiler_is_named(monkeypatch):
+def test_inductor_without_a_compiler_is_named():
     from torch._inductor import config
-    monkeypatch.setattr(config.cpp, 'cxx', (None, 'no-such-compiler++'))
-    assert env.why_not('inductor', 'fp32', 'cpu') == 'no C++ compiler (no-such-compiler++; set CXX)'
-    assert env.why_not('eager', 'fp32', 'cpu') is None
+    with config.patch({'cpp.cxx': (None, 'no-such-compiler++')}):  # inductor's own way back (monkeypatch deleted it)
+        assert env.why_not('inductor', 'fp32', 'cpu') == 'no C++ compiler (no-such-compiler++; set CXX)'
+        assert env.why_not('eager', 'fp32', 'cpu') is None
+    assert config.cpp.cxx[-1] != 'no-such-compiler++'
