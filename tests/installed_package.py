@@ -46,8 +46,12 @@ class Distributions(NamedTuple):
 
 
 def _backend(hook: str, source: Path, out: Path) -> Path:
+    # setuptools runs the egg_info plugins of this environment (transformers' `kernels` registers one, which imports
+    # huggingface_hub): they see the environment's own packages, not an overlay of older ones that
+    # scripts/test_min_versions.sh puts on PYTHONPATH for the package under test
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     proc = subprocess.run([sys.executable, '-c', _BUILD.format(hook=hook), str(out)], cwd=source,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out / proc.stdout.strip().splitlines()[-1]
 
