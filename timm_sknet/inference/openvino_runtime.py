@@ -8,8 +8,8 @@ request, and a lone caller reuses the same requests call after call, as fast as 
 One ``ov.Core`` serves the whole process (:func:`core`). Each Core loads its own CPU plugin, which sets the
 calling thread's alternate signal stack when it starts and restores the one it found when it is destroyed; with
 Cores created and destroyed out of order, the main thread was left with a freed signal stack, and the next
-signal Python handles there (SIGCHLD, when DataLoader workers exit) crashed the process (measured here,
-OpenVINO 2026.4). OpenVINO's documentation also advises one Core per application.
+signal Python handles there (SIGCHLD, when DataLoader workers exit) crashed the process (seen here with
+OpenVINO 2026.4, in gdb: SIGSEGV from the kernel while delivering a signal, after the plugin's sigaltstack calls).
 """
 import queue
 import tempfile
