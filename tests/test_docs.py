@@ -145,8 +145,8 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
     assert (tmp_path / 'site' / 'reference' / 'layers' / 'index.html').read_text().count('SelectiveKernel') > 5
 
 
-SITE = 'https://timm-sknet.github.io/timm-sknet/'
-GITHUB_FILE = 'https://github.com/timm-sknet/timm-sknet/blob/main/'
+SITE = 'https://timm-sknet.github.io/timm-sknet/'  # link prefixes, compared as text, never contacted
+GITHUB_FILE = 'https://github.com/timm-sknet/timm-sknet/blob/main/'  # likewise
 
 
 @pytest.mark.parametrize('page', ['README.md', 'weights_card.md'])
