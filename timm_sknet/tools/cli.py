@@ -144,9 +144,14 @@ def _optimized(model: nn.Module, args: argparse.Namespace, input_size: Sequence[
         optimized = optimize(model, args.backend, args.precision, input_size=input_size, calibration=calibration)
     except (BackendUnavailable, OptimizationError) as e:
         raise CLIError(str(e)) from None
+    _say_what_runs(optimized)
+    return optimized
+
+
+def _say_what_runs(optimized: nn.Module) -> None:
+    """One stderr line: the backend ``optimize`` chose, why, and its settings."""
     print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): {optimized.description}',
           file=sys.stderr)
-    return optimized
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,9 +190,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         calibration = _calibration(model, args, _data_config(model, args.img_size)['input_size'])
         predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
                                    topk=args.topk, embeddings=embeddings is not None, calibration=calibration)
-        optimized = predictor.model
-        print(f'timm-sknet: {optimized.backend} at {optimized.precision} ({optimized.reason}): '
-              f'{optimized.description}', file=sys.stderr)
+        _say_what_runs(predictor.model)
         sink = (PredictionFiles(output, predictor.columns, embeddings, predictor.embedding_size) if output
                 else Printer(predictor.topk))
     except (ValueError, BackendUnavailable, OptimizationError) as e:
