@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-output/sknet_tiny_synthetic}"
 export OMP_NUM_THREADS=1
-python -m timm_sknet.tools.train \
+python -m timm_sknet train \
     --model sknet_tiny --img-size 64 \
     --synthetic-classes 6 --synthetic-train-size 8000 --synthetic-val-size 1200 --synthetic-seed 0 \
     --epochs 8 --batch-size 64 --opt adamw --lr 2e-3 --weight-decay 0.05 \

@@ -1,4 +1,4 @@
-"""Caffe without Caffe, for the tests, and independent of ``timm_sknet.tools.caffe``.
+"""Caffe without Caffe, for the tests, and independent of ``timm_sknet.caffe``.
 
 - :func:`caffe_messages`: the caffe.proto messages an SKNet prototxt and caffemodel use, built at run time
   for the real ``protobuf`` library (field names, numbers, types and defaults of Caffe's public caffe.proto,

@@ -7,8 +7,8 @@ from helpers import randomize_batchnorm
 
 import timm
 
+from timm_sknet.analysis.attention import find_sk_units, record_sk_attention
 from timm_sknet.inference import fuse_model
-from timm_sknet.tools.attention import find_sk_units, record_sk_attention
 
 
 @pytest.fixture(scope='module')

@@ -15,7 +15,7 @@ from loopback_guard.sitecustomize import child_environment
 
 import timm
 
-from timm_sknet.tools.benchmark import (
+from timm_sknet.bench.runners import (
     ConcurrencyRunner,
     Load,
     Report,
@@ -28,7 +28,7 @@ from timm_sknet.tools.benchmark import (
     time_alternating,
     write_report,
 )
-from timm_sknet.tools.serve import create_app
+from timm_sknet.serving.app import create_app
 
 
 def _row(path, batch, ips):
@@ -109,7 +109,7 @@ def test_concurrency_runner_reports_each_caller_count_against_one_caller():
 
 
 def test_load_clients_counts_every_answer_and_every_failure():
-    from timm_sknet.tools.main_job import SAMPLES_DIR
+    from timm_sknet.data.images import SAMPLES_DIR
     image = sorted(SAMPLES_DIR.glob('*.png'))[0].read_bytes()
     with serving(create_app(timm.create_model('sknet_tiny.synthetic', pretrained=True).eval(), concurrency=2)) as url:
         good = load_clients(url, image, clients=2, requests=6)

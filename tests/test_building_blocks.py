@@ -11,7 +11,7 @@ from helpers import randomize_batchnorm, rel_max_diff
 import timm
 
 from timm_sknet import SEModule, SKBasicBlock, SKBottleneck, SKNet, WeightsError
-from timm_sknet.tools.cli import main
+from timm_sknet.cli import main
 
 
 def test_se_module_matches_its_definition():

@@ -20,9 +20,9 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet.tools.bulk import decode, find_images
-from timm_sknet.tools.cli import main
-from timm_sknet.tools.main_job import SAMPLES_DIR
+from timm_sknet.batch.predictor import decode, find_images
+from timm_sknet.cli import main
+from timm_sknet.data.images import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ['--model', 'sknet_tiny.synthetic', '--pretrained']

@@ -1,5 +1,5 @@
 """The bulk job on Ray Data (docs/bulk-inference.md): ``map_batches`` with an actor pool, one
-:class:`~timm_sknet.tools.bulk.BatchPredictor` (so one optimized model) per actor, on a local Ray of 2 CPUs.
+:class:`~timm_sknet.batch.predictor.BatchPredictor` (so one optimized model) per actor, on a local Ray of 2 CPUs.
 Its rows and embeddings equal the single-process ``timm-sknet predict``'s on the same images, bad ones included.
 
 Loopback only: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's single-machine mode, every Ray process bound to
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from loopback_guard.sitecustomize import child_environment
 
-from timm_sknet.tools.cli import main
-from timm_sknet.tools.main_job import SAMPLES_DIR
+from timm_sknet.cli import main
+from timm_sknet.data.images import SAMPLES_DIR
 
 ray = pytest.importorskip('ray')
 pytest.importorskip('ray.data')
@@ -60,7 +60,7 @@ def local_ray(monkeypatch):
 
 
 def test_ray_data_predictions_equal_the_clis(local_ray, tmp_path, capsys):
-    from timm_sknet.tools.bulk import BatchPredictor
+    from timm_sknet.batch.predictor import BatchPredictor
     images = tmp_path / 'images'
     images.mkdir()
     for sample in SAMPLES[:7]:

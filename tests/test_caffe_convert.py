@@ -3,7 +3,7 @@
 The authors' prototxts have no license, so the tests generate them (``render_official_prototxt``; compared with
 the published files field by field once, when the converter was written). The caffemodels are random and
 made here; ``caffe_reference`` parses the prototxt with protobuf's own text-format parser and runs the layers
-from Caffe's definitions in plain torch functions. Nothing of ``timm_sknet.tools.caffe`` but the generated
+from Caffe's definitions in plain torch functions. Nothing of ``timm_sknet.caffe`` but the generated
 prototxt text reaches the reference.
 """
 import hashlib
@@ -21,8 +21,8 @@ from helpers import rel_max_diff
 
 import timm
 
-from timm_sknet.tools.caffe import CaffeError, convert_caffe, load_caffe_model, render_official_prototxt
-from timm_sknet.tools.cli import main
+from timm_sknet.caffe import CaffeError, convert_caffe, load_caffe_model, render_official_prototxt
+from timm_sknet.cli import main
 
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)  # the SENet pipeline's, which the SKNet authors used
 TOLERANCE = 1e-4

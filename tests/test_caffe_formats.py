@@ -1,8 +1,8 @@
 """The converter's own readers of Caffe's files agree with the real protobuf library, and fail clearly.
 
-- ``.prototxt``: ``timm_sknet.tools.caffe.prototxt`` against ``google.protobuf.text_format`` on the generated
+- ``.prototxt``: ``timm_sknet.caffe.prototxt`` against ``google.protobuf.text_format`` on the generated
   SKNet prototxts and on text using every construct of the text format the parser claims.
-- ``.caffemodel``: ``timm_sknet.tools.caffe.caffemodel`` against files serialised by protobuf (packed and
+- ``.caffemodel``: ``timm_sknet.caffe.caffemodel`` against files serialised by protobuf (packed and
   unpacked floats, doubles, legacy 4-D shapes, fields it must skip), and the tests' own fast writer against
   protobuf's parser.
 """
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from caffe_reference import _length_delimited, _varint, caffe_messages, caffemodel_bytes, parse_net
 
-from timm_sknet.tools.caffe import CaffeError, official_net, render_official_prototxt
-from timm_sknet.tools.caffe.caffemodel import parse_caffemodel
-from timm_sknet.tools.caffe.official import OFFICIAL, match_official
-from timm_sknet.tools.caffe.prototxt import Message, format_prototxt, parse_prototxt
+from timm_sknet.caffe import CaffeError, official_net, render_official_prototxt
+from timm_sknet.caffe.caffemodel import parse_caffemodel
+from timm_sknet.caffe.official import OFFICIAL, match_official
+from timm_sknet.caffe.prototxt import Message, format_prototxt, parse_prototxt
 
 
 def _as_fields(msg) -> dict:

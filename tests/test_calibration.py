@@ -6,7 +6,7 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet.tools.calibration import calibration_batches
+from timm_sknet.data.calibration import calibration_batches
 
 
 @pytest.fixture(scope='module')

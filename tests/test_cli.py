@@ -13,8 +13,8 @@ from helpers import randomize_batchnorm, rel_max_diff, save_safetensors
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet.tools.cli import main
-from timm_sknet.tools.scale_analysis import centred_shapes, run_scale_analysis
+from timm_sknet.analysis.scale import centred_shapes, run_scale_analysis
+from timm_sknet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -77,8 +77,8 @@ def test_predict_uses_imagenet_names_for_a_1000_class_head(capsys, image_path):
 
 def test_predict_prints_the_label_names_of_the_models_config(capsys):
     """sknet_tiny.synthetic's pretrained cfg names its 6 classes: predict prints those names, not indices."""
+    from timm_sknet.data.images import SAMPLES_DIR
     from timm_sknet.hub.embedded import EMBEDDED_CLASSES
-    from timm_sknet.tools.main_job import SAMPLES_DIR
     images = sorted(SAMPLES_DIR.glob('*.png'))[:2]  # <index>_<class>_s<scale>.png, recognised by the model
     rc, out, err = run_cli(capsys, 'predict', *images, '--model', 'sknet_tiny.synthetic', '--pretrained', '--topk', 2)
     assert rc == 0, err
@@ -176,7 +176,7 @@ def test_bench_eager_and_backbone_runners_compare_with_timm(capsys, tmp_path, wh
 @pytest.mark.skipif(importlib.util.find_spec('openvino') is None, reason='openvino not installed')
 def test_predict_on_openvino_int8_gives_the_plain_models_classes(capsys):
     """The embedded model on its own sample images: int8 (calibrated on the synthetic shapes) agrees with fp32."""
-    from timm_sknet.tools.main_job import SAMPLES_DIR
+    from timm_sknet.data.images import SAMPLES_DIR
     images = sorted(SAMPLES_DIR.glob('*.png'))[:6]
     answers = {}
     for backend, precision in (('eager', 'fp32'), ('openvino', 'int8')):
@@ -257,7 +257,7 @@ def test_console_entry_reports_errors_without_traceback(tmp_path):
 
 def test_train_subcommand_end_to_end(tmp_path, capsys):
     """`timm-sknet train` is wired to timm_sknet.train: one tiny epoch writes a loadable Hub folder."""
-    from timm_sknet.tools.cli import main
+    from timm_sknet.cli import main
     out = tmp_path / 'run'
     code = main(['train', '--model', 'sknet18', '--model-kwargs', 'layers=(1,1,1,1)',
                  '--synthetic-train-size', '16', '--synthetic-val-size', '8', '--synthetic-classes', '4',
@@ -270,7 +270,7 @@ def test_train_subcommand_end_to_end(tmp_path, capsys):
 
 
 def test_train_subcommand_bad_option_is_one_line(tmp_path, capsys):
-    from timm_sknet.tools.cli import main
+    from timm_sknet.cli import main
     code = main(['train', '--synthetic-train-size', '16', '--batch-size', '64', '--output', str(tmp_path / 'r')])
     err = capsys.readouterr().err
     assert code == 2 and 'lower --batch-size' in err and 'Traceback' not in err

@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / 'timm_sknet'
 #: "no function over about 60 lines": counted without the docstring
 MAX_FUNCTION_LINES = 60
+#: no module over this many lines, docstrings and comments included
+MAX_MODULE_LINES = 400
+#: names that say nothing of what a module or package holds
+VAGUE_NAMES = ('utils', 'util', 'helpers', 'helper', 'misc', 'tools', 'common')
 
 
 def _tool(name: str) -> str:
@@ -73,11 +77,37 @@ def _modules_after(statement: str) -> set:
     return set(json.loads(proc.stdout.splitlines()[-1]))
 
 
-def test_import_timm_sknet_loads_no_tools_and_draws_nothing():
-    """Beyond what ``import timm`` loads itself: no tools module, no PIL drawing, no matplotlib."""
+#: the packages built on the models: ``import timm_sknet`` imports none of them
+BUILT_ON_THE_MODELS = ('analysis', 'batch', 'bench', 'caffe', 'cli', 'data', 'serving', 'training')
+
+
+def test_import_timm_sknet_loads_nothing_built_on_the_models_and_draws_nothing():
+    """Beyond what ``import timm`` loads itself: no module built on the models, no PIL drawing, no matplotlib."""
     timm_alone = _modules_after('import timm')
     ours = _modules_after('import timm_sknet') - timm_alone
     assert 'timm_sknet.models.sknets' in ours, 'the models are registered'
-    added = sorted(m for m in ours if m.startswith(('timm_sknet.tools', 'PIL', 'matplotlib')))
+    built_on = tuple(f'timm_sknet.{name}' for name in BUILT_ON_THE_MODELS)
+    added = sorted(m for m in ours if m.startswith((*built_on, 'PIL', 'matplotlib')))
     assert added == []
     assert not any(m.startswith(('timm_sknet.inference', 'torchvision.models.detection')) for m in ours)
+
+
+def test_every_package_built_on_the_models_is_named_in_the_import_contract():
+    """A new package must take its place in the layers contract, or import-linter would not check it."""
+    packages = sorted(p.parent.name for p in PACKAGE.glob('*/__init__.py'))
+    assert set(packages) - {'hub', 'inference', 'layers', 'models'} == set(BUILT_ON_THE_MODELS)
+    contract = (REPO / 'pyproject.toml').read_text(encoding='utf-8')
+    assert all(f'"timm_sknet.{name}' in contract or f' timm_sknet.{name} ' in contract or f'timm_sknet.{name}"' in contract
+               for name in packages)
+
+
+def test_no_module_is_over_400_lines():
+    long = [f'{path.relative_to(REPO)} ({n} lines)' for path in sorted(PACKAGE.rglob('*.py'))
+            if (n := len(path.read_text(encoding='utf-8').splitlines())) > MAX_MODULE_LINES]
+    assert long == []
+
+
+def test_no_module_or_package_has_a_name_that_says_nothing():
+    vague = sorted(str(path.relative_to(REPO)) for path in PACKAGE.rglob('*')
+                   if '__pycache__' not in path.parts and path.stem in VAGUE_NAMES)
+    assert vague == []

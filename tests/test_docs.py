@@ -131,7 +131,7 @@ def test_the_path_check_finds_paths_in_prose():
 
 @pytest.mark.parametrize('page', ['README.md', 'docs/models.md'])
 def test_the_model_table_is_what_timm_sknet_list_prints(page):
-    from timm_sknet.tools.cli import model_table
+    from timm_sknet.cli.list_models import model_table
     assert model_table() in (REPO / page).read_text(encoding='utf-8')
 
 
@@ -188,10 +188,10 @@ def test_facts_the_pages_state_are_the_codes():
     """What a page says that the code knows: the model list's order, training defaults, optimize's tolerances."""
     import timm
 
+    from timm_sknet.cli.help_format import Parser
     from timm_sknet.inference import TOLERANCES
     from timm_sknet.inference.optimized_model import INT8_MIN_TOP1_AGREEMENT
-    from timm_sknet.tools.help_format import Parser
-    from timm_sknet.tools.train_args import add_train_arguments
+    from timm_sknet.training.arguments import add_train_arguments
 
     assert repr(timm.list_models('sknet*')[:5])[:-1] in _page('docs/getting-started.md')
     d = add_train_arguments(Parser()).parse_args([])

@@ -18,7 +18,7 @@ from typing import Dict, List
 import pytest
 import torch
 
-from timm_sknet.tools.cli import main
+from timm_sknet.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / 'docs' / 'attention.md'

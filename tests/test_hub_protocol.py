@@ -248,7 +248,7 @@ def image(tmp_path):
 ])
 def test_the_cli_prints_a_hub_failure_as_one_line_and_exits_2(model, fault, repo, what, local_hub, capsys, image,
                                                              sknet18_small):
-    from timm_sknet.tools.cli import main
+    from timm_sknet.cli import main
 
     _serve(local_hub, sknet18_small)
     local_hub.fault = fault

@@ -12,6 +12,10 @@ from PIL import Image
 import timm
 
 from timm_sknet import SelectiveKernel
+from timm_sknet.analysis.scale import DEFAULT_SCALES, run_scale_analysis, zoom_transform
+from timm_sknet.cli.main_job import run_main_job
+from timm_sknet.data.images import SAMPLES_DIR
+from timm_sknet.data.synthetic import CLASSES, SyntheticShapes
 from timm_sknet.errors import WeightsError
 from timm_sknet.hub.embedded import (
     EMBEDDED_CLASSES,
@@ -21,10 +25,7 @@ from timm_sknet.hub.embedded import (
     WEIGHTS_SHA256,
     verify_embedded_weights,
 )
-from timm_sknet.tools.main_job import SAMPLES_DIR, run_main_job
-from timm_sknet.tools.scale_analysis import DEFAULT_SCALES, run_scale_analysis, zoom_transform
-from timm_sknet.tools.synthetic_data import CLASSES, SyntheticShapes
-from timm_sknet.tools.train import state_digest
+from timm_sknet.training.job import state_digest
 
 
 def test_embedded_weights_are_small_intact_and_registered():

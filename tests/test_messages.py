@@ -13,8 +13,8 @@ from hub_fixtures import SMALL
 import timm
 
 from timm_sknet import WeightsError
-from timm_sknet.tools.cli import build_parser, main
-from timm_sknet.tools.help_format import default_text
+from timm_sknet.cli import build_parser, main
+from timm_sknet.cli.help_format import default_text
 
 PYTHON_WORDS = ('pretrained_cfg_overlay', 'pretrained=False', 'timm.create_model(')
 

@@ -17,6 +17,7 @@ import timm
 
 import timm_sknet.inference.machine as machine_module
 import timm_sknet.inference.optimized_model as optimize_module
+from timm_sknet.data.synthetic import SyntheticShapes
 from timm_sknet.inference import (
     TOLERANCES,
     BackendUnavailable,
@@ -27,7 +28,6 @@ from timm_sknet.inference import (
 )
 from timm_sknet.inference.machine import read_cpuinfo
 from timm_sknet.inference.outputs import relative_error
-from timm_sknet.tools.synthetic_data import SyntheticShapes
 
 SIZE = (3, 48, 48)
 needs_bf16 = pytest.mark.skipif(not native_bf16(), reason='this CPU has no native bf16 (optimize refuses it)')

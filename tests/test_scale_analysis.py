@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from timm_sknet import SelectiveKernel
-from timm_sknet.tools.attention import find_sk_units
-from timm_sknet.tools.scale_analysis import (
+from timm_sknet.analysis.attention import find_sk_units
+from timm_sknet.analysis.scale import (
     DEFAULT_SCALES,
     ScaleAnalysis,
     UnitScaleStat,

@@ -1,4 +1,4 @@
-"""The HTTP service (``timm_sknet.tools.serve``, ``timm-sknet serve``) on 127.0.0.1 with a real client (httpx2).
+"""The HTTP service (``timm_sknet.serving.app``, ``timm-sknet serve``) on 127.0.0.1 with a real client (httpx2).
 
 Concurrent clients each get the answer of the plain model called directly on the same file; every bad upload gets
 its 4xx with a message, and the server answers correctly afterwards; the model is never called by more threads
@@ -24,12 +24,12 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
+from timm_sknet.bench.runners import serving_process
+from timm_sknet.cli import main
+from timm_sknet.data.images import load_image
+from timm_sknet.data.labels import class_names
 from timm_sknet.inference import optimize
-from timm_sknet.tools.benchmark import serving_process
-from timm_sknet.tools.classify import class_names
-from timm_sknet.tools.cli import main
-from timm_sknet.tools.images import load_image
-from timm_sknet.tools.serve import create_app
+from timm_sknet.serving.app import create_app
 
 MODEL = 'sknet_tiny.synthetic'
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / 'timm_sknet' / 'tools' / 'samples').glob('*.png'))

@@ -7,7 +7,7 @@ import torch
 
 from timm.data import create_dataset
 
-from timm_sknet.tools.synthetic_data import CLASSES, ShapeSpec, SyntheticShapes, render_shape, write_image_folder
+from timm_sknet.data.synthetic import CLASSES, ShapeSpec, SyntheticShapes, render_shape, write_image_folder
 
 
 def _pixels(img) -> torch.Tensor:

@@ -16,8 +16,8 @@ from installed_package import run_python
 import timm
 from timm.data import create_dataset, create_loader, resolve_data_config
 
+from timm_sknet.data.images import SAMPLES_DIR
 from timm_sknet.hub.embedded import EMBEDDED_CLASSES, EMBEDDED_TAG
-from timm_sknet.tools.main_job import SAMPLES_DIR
 
 SCRIPT_CALLS = """
 import json, torch

@@ -23,10 +23,10 @@ import timm
 from timm.layers import BatchNormAct2d, SyncBatchNormAct, convert_sync_batchnorm
 
 from timm_sknet import SelectiveKernelAttn
-from timm_sknet.tools.synthetic_data import write_image_folder
-from timm_sknet.tools.train import run_train, state_digest
-from timm_sknet.tools.train_args import add_train_arguments, validate_args
-from timm_sknet.tools.train_checkpoint import TRAINING_STATE_FILE, save_checkpoint
+from timm_sknet.data.synthetic import write_image_folder
+from timm_sknet.training.arguments import add_train_arguments, validate_args
+from timm_sknet.training.checkpoint import TRAINING_STATE_FILE, save_checkpoint
+from timm_sknet.training.job import run_train, state_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'sknet_tiny', '--model-kwargs', 'layers=(1,1,1,1)', 'channels=(8,16,32,64)', 'stem_width=8',
@@ -141,7 +141,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', '2',
            '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
-           '-m', 'timm_sknet.tools.train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
+           '-m', 'timm_sknet', 'train', *TINY, '--output', str(out), '--synthetic-train-size', '64',
            '--synthetic-val-size', '16', '--batch-size', '8', '--epochs', '1', '--model-ema', '--device', 'cpu']
     env = loopback_guard.child_environment(
         dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo', PYTHONPATH=str(REPO_ROOT)))
@@ -230,7 +230,7 @@ def test_a_data_dir_without_a_validation_folder_is_refused(tmp_path):
 
 
 def test_a_diverging_run_ends_with_one_line_from_the_command(tmp_path, capsys):
-    from timm_sknet.tools.cli import main
+    from timm_sknet.cli import main
 
     rc = main(['train', *TINY, '--output', str(tmp_path / 'run'), '--synthetic-train-size', '32',
                '--synthetic-val-size', '16', '--batch-size', '16', '--epochs', '1', '--opt', 'sgd', '--lr', '1e30',

@@ -15,10 +15,10 @@ from PIL import Image
 
 import timm
 
+from timm_sknet.data.images import SAMPLES_DIR
 from timm_sknet.hub import export_hub_folder
 from timm_sknet.hub.embedded import EMBEDDED_CLASSES, EMBEDDED_TAG, WEIGHTS_DIR
-from timm_sknet.tools.main_job import SAMPLES_DIR
-from timm_sknet.tools.train_checkpoint import save_checkpoint
+from timm_sknet.training.checkpoint import save_checkpoint
 
 if 'transformers' in LEFT_OUT:  # CI's minimum-versions job: transformers needs a newer huggingface_hub
     pytest.skip('TIMM_SKNET_TESTS_WITHOUT names transformers', allow_module_level=True)

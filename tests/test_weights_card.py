@@ -5,8 +5,8 @@ import pytest
 
 import timm
 
+from timm_sknet.cli.list_models import model_table
 from timm_sknet.models.complexity import measure
-from timm_sknet.tools.cli import model_table
 
 CARD = (Path(__file__).resolve().parents[1] / 'weights_card.md').read_text(encoding='utf-8')
 #: ImageNet-1k top-1 of timm's files, from timm's results-imagenet.csv (224 px), keyed by the Hub repository

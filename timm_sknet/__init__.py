@@ -1,12 +1,17 @@
 """Selective Kernel Networks (Li et al., CVPR 2019) for timm.
 
 ``import timm_sknet`` registers the ``sknet*`` models in timm and exposes the building blocks. It loads the
-layers, the models and the weights code only: tools (command line, training, benchmarks, analyses) live in
-:mod:`timm_sknet.tools` and are imported only when used.
+layers, the models and the weights code only; what is built on them is imported only when used.
 
 Layout (dependencies point one way, checked by import-linter contracts in pyproject.toml)::
 
-    tools  ->  inference  ->  models  ->  hub, layers  ->  errors, file_io
+    cli
+     -> serving | batch | training | bench | analysis | caffe      (the packages built on the models)
+     -> data                                                       (images, labels, synthetic shapes)
+     -> inference | detection                                      (optimize / export, detector backbones)
+     -> models
+     -> hub | layers
+     -> errors | file_io | progress
 """
 from .errors import WeightsError
 from .layers import SelectiveKernel, SelectiveKernelAttn, SEModule, select_paths

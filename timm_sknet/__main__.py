@@ -1,6 +1,6 @@
 """``python -m timm_sknet``: the ``timm-sknet`` command."""
 import sys
 
-from .tools.cli import main
+from .cli import main
 
 sys.exit(main())

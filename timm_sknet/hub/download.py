@@ -15,12 +15,13 @@ timm checks what it cached, so this module adds what is the package's own:
 How long a stalled transfer takes to fail is huggingface_hub's ``HF_HUB_DOWNLOAD_TIMEOUT`` (seconds per read)
 times its retries; the measured default is in the documentation ("Pretrained weights").
 """
+import dataclasses
 import importlib.util
 import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Tuple, Union
 
 from ..errors import WeightsError, remedy
 from ..file_io import git_blob_sha1, sha256_file
@@ -30,7 +31,7 @@ from .pins import PINS, Pin
 if TYPE_CHECKING:
     from huggingface_hub import HfFileMetadata
 
-__all__ = ['WEIGHTS_FILENAME', 'fetch_verified_weights', 'pretrained_kwargs']
+__all__ = ['WEIGHTS_FILENAME', 'fetch_verified_weights', 'verified_pretrained_cfg']
 
 _logger = logging.getLogger(__name__)
 
@@ -187,29 +188,28 @@ def fetch_verified_weights(
     return pointer
 
 
-def pretrained_kwargs(variant: str, cfg: Any, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Return ``kwargs`` for ``build_model_with_cfg`` that load verified Hub weights, or ``kwargs`` unchanged.
+def verified_pretrained_cfg(variant: str, cfg: Any, cache_dir: Optional[str] = None) -> Any:
+    """``cfg`` (a resolved ``PretrainedCfg``) with its Hub weights fetched and verified here, or ``cfg`` unchanged.
 
-    Applies when the resolved pretrained cfg would make timm download from the Hub (``hf_hub_id`` with no
-    ``state_dict`` / ``file`` override): the file is fetched and verified here, and timm gets
-    ``pretrained_cfg_overlay=dict(file=<verified path>)``, so its usual adaptation (``in_chans``,
-    ``num_classes``, filter fn) still applies. A user's own file is loaded by timm (``.safetensors``, or
+    Applies when ``cfg`` would make timm download from the Hub (``hf_hub_id`` with no ``state_dict`` / ``file``
+    override): the result names the verified file instead (``file=<path>``, ``source=''``, so an ``hf-hub:`` model
+    loads it rather than downloading a second time), and timm's usual adaptation (``in_chans``, ``num_classes``,
+    filter fn) still applies when it loads it. A user's own file is loaded by timm (``.safetensors``, or
     ``torch.load(weights_only=True)`` for ``.pth`` / ``.bin``); here it is only checked to exist.
     """
     if cfg.state_dict is not None:
-        return kwargs
+        return cfg
     if cfg.file:
         if cfg.source != 'local-dir' and not os.path.isfile(cfg.file):
             raise WeightsError(
                 f'Pretrained weights for {variant}: the file given as pretrained_cfg file {cfg.file!r} does not '
                 f'exist. Pass the path of a .safetensors (or .pth / .bin state dict) file, or a folder with '
                 f"timm.create_model('local-dir:/path/to/folder', pretrained=True).")
-        return kwargs
+        return cfg
     if not cfg.hf_hub_id or cfg.source == 'local-dir':
-        return kwargs
+        return cfg
     filename = cfg.hf_hub_filename or WEIGHTS_FILENAME
     label = f'{variant}.{cfg.tag}' if cfg.tag else variant
-    path = fetch_verified_weights(cfg.hf_hub_id, filename, cache_dir=kwargs.get('cache_dir'), label=label)
-    # source='' so that an 'hf-hub:' model (source='hf-hub') loads the verified file, not a second download.
-    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(path), source='')
-    return dict(kwargs, pretrained_cfg_overlay=overlay)
+    path = fetch_verified_weights(cfg.hf_hub_id, filename, cache_dir=cache_dir, label=label)
+    # custom_load=False: what timm's own overlay of a new weight source does (the file is a plain state dict)
+    return dataclasses.replace(cfg, file=str(path), source='', custom_load=False)

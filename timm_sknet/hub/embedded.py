@@ -13,7 +13,7 @@ from ..file_io import sha256_file
 __all__ = ['EMBEDDED_CLASSES', 'EMBEDDED_TAG', 'WEIGHTS_DIR', 'WEIGHTS_FILE', 'WEIGHTS_SHA256', 'verify_embedded_weights']
 
 EMBEDDED_TAG = 'sknet_tiny.synthetic'
-#: Its classes: the first six shapes of ``timm_sknet.tools.synthetic_data.CLASSES`` (``--synthetic-classes 6``),
+#: Its classes: the first six shapes of ``timm_sknet.data.synthetic.CLASSES`` (``--synthetic-classes 6``),
 #: written out here so that registering the model needs no image code (a test checks they agree).
 EMBEDDED_CLASSES = ('disk', 'square', 'triangle', 'cross', 'star', 'ring')
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights' / EMBEDDED_TAG

@@ -19,7 +19,7 @@ states them (``datasets=``, ``license=``, ``description=``), else "unknown". A m
 cfg, re-headed, or trained since says so. huggingface_hub's ``ModelCard`` writes the card.
 
 :func:`write_model_files` is the package's one writer of that layout: the exporter here and the training
-checkpoints (``timm_sknet.tools.train_checkpoint``) both use it.
+checkpoints (``timm_sknet.training.checkpoint``) both use it.
 
 Load it back (installed with pip, the models are registered when timm is imported)::
 
@@ -60,7 +60,7 @@ _TAG_DATASETS = {
     'in1k': TrainingData(['imagenet-1k'], 'ImageNet-1k'),
     'in12k': TrainingData(['imagenet-12k'], 'ImageNet-12k'),
     'in22k': TrainingData(['imagenet-22k'], 'ImageNet-22k'),
-    'synthetic': TrainingData([], "timm-sknet's synthetic multi-scale shapes (timm_sknet.tools.synthetic_data), "
+    'synthetic': TrainingData([], "timm-sknet's synthetic multi-scale shapes (timm_sknet.data.synthetic), "
                                   'not a public data set'),
 }
 _UNKNOWN = TrainingData([], 'unknown')

@@ -18,7 +18,7 @@ already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 | sknet101_caffe | the authors' Caffe SKNet-101 | 3-4-23-3 | paper, but d = 16 in the second stage; Caffe's stem pooling |
 
 The ``*_caffe`` models are the networks of the authors' published Caffe models (github.com/implus/SKNet),
-layer for layer, so that ``timm-sknet convert-caffe`` (``timm_sknet.tools.caffe``) gives their exact outputs.
+layer for layer, so that ``timm-sknet convert-caffe`` (``timm_sknet.caffe``) gives their exact outputs.
 """
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Type, Union, cast
 
@@ -30,7 +30,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import ResNet
 
 from ..errors import WeightsError, remedy
-from ..hub.download import pretrained_kwargs
+from ..hub.download import verified_pretrained_cfg
 from ..hub.embedded import EMBEDDED_CLASSES, WEIGHTS_FILE
 from ..hub.provenance import stamp_loaded_weights
 from ..layers import SelectiveKernel, SelectiveKernelAttn, bn_act_parts, fold_batchnorm, fold_sequential, is_batchnorm
@@ -195,7 +195,11 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs: Any) -> SKNe
         if not _weight_source(cfg):
             raise WeightsError(_no_weights_hint(variant, cfg.tag))
         # Hub weights: safetensors only, sha256-verified, failures as WeightsError (see timm_sknet/hub/download.py).
-        model = build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(pretrained_kwargs(variant, cfg, kwargs)))
+        # timm is handed the cfg resolved here (an instance: it looks nothing up again) with the overlay applied.
+        loading = verified_pretrained_cfg(variant, cfg, kwargs.get('cache_dir'))
+        build_kwargs = {k: v for k, v in kwargs.items() if k != 'pretrained_cfg_overlay'}
+        model = build_model_with_cfg(SKNet, variant, pretrained, **feature_kwargs(dict(build_kwargs,
+                                                                                       pretrained_cfg=loading)))
         _stamp_if_the_tags_own(model, variant, cfg, kwargs)
         return model
     # features_only: extractors whose set_grad_checkpointing works (feature_extractors.py)
@@ -290,7 +294,7 @@ default_cfgs = generate_default_cfgs({
     'sknet_tiny.synthetic': _cfg(
         file=str(WEIGHTS_FILE), num_classes=len(EMBEDDED_CLASSES), label_names=EMBEDDED_CLASSES,
         input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, interpolation='bilinear',
-        notes=('Trained by timm-sknet on its synthetic multi-scale shapes (timm_sknet.tools.synthetic_data); '
+        notes=('Trained by timm-sknet on its synthetic multi-scale shapes (timm_sknet.data.synthetic); '
                'a demonstration model for the offline main job, not an ImageNet model.',)),
 })
 

@@ -1,0 +1,71 @@
+"""``timm-sknet export``: ONNX, TorchScript or OpenVINO IR, checked against PyTorch."""
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from torch import nn
+
+from .arguments import (
+    CLIError,
+    SubParsers,
+    add_model_args,
+    add_runtime_args,
+    calibration_images,
+    load_model,
+    warn_random,
+)
+
+
+def _export_file(model: nn.Module, args: argparse.Namespace, input_size: Optional[Sequence[int]]) -> Path:
+    from ..inference import export_onnx, export_torchscript
+    if args.format == 'torchscript':
+        return export_torchscript(model, args.out, method=args.method, input_size=input_size)
+    if args.format == 'onnx':
+        return export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+    from ..inference.export import resolve_input_size
+    from ..inference.openvino_ir import export_openvino
+    size = resolve_input_size(model, input_size)
+    calibration = calibration_images(model, args, size)
+    return export_openvino(model, args.out, precision=args.precision, input_size=size, calibration=calibration)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import BackendUnavailable, OptimizationError, fuse_model
+    args.backend = {'onnx': 'onnxruntime', 'torchscript': 'eager'}.get(args.format, args.format)
+    if args.precision != 'fp32' and args.format != 'openvino':
+        raise CLIError(f'--precision {args.precision} is an OpenVINO setting: use the openvino format, or fp32 '
+                       f'for {args.format}')
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    warn_random(args)
+    if args.fused:
+        model = fuse_model(model)
+    input_size = (3, args.img_size, args.img_size) if args.img_size else None
+    try:
+        path = _export_file(model, args, input_size)
+    except ModuleNotFoundError as e:
+        extra = 'openvino' if args.format == 'openvino' else 'export'
+        raise CLIError(f'{args.format} export needs {e.name or args.format}: pip install "timm-sknet[{extra}]"') from None
+    except (BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    print(f'wrote {path} ({args.format}, {args.precision}, {args.model}{", fused" if args.fused else ""}, '
+          f'checked against PyTorch)')
+    if args.format == 'openvino':
+        from ..inference.openvino_ir import compile_config
+        print(f"compile it as it was checked: ov.Core().compile_model('{path}/model.xml', 'CPU', "
+              f'{compile_config(args.precision)})')
+    return 0
+
+
+def add_parser(sub: SubParsers) -> None:
+    from ..inference.export import MIN_ONNX_OPSET
+    p = sub.add_parser('export', help='write ONNX, TorchScript or OpenVINO IR (checked against PyTorch before it is kept)')
+    p.add_argument('format', choices=('onnx', 'torchscript', 'openvino'),
+                   help='onnx (onnxruntime and other ONNX runtimes), torchscript, or openvino (IR folder)')
+    p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt), or a folder for openvino')
+    add_model_args(p)
+    p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm_sknet.inference.fuse_model)')
+    p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
+    p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')
+    p.add_argument('--method', choices=('script', 'trace'), default='script', help='TorchScript method')
+    add_runtime_args(p, default_backend=None)  # the format names the runtime
+    p.set_defaults(func=run)

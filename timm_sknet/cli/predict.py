@@ -1,0 +1,75 @@
+"""``timm-sknet predict``: top-k classes of many images, printed or written to CSV / JSONL."""
+import argparse
+from pathlib import Path
+
+from .arguments import (
+    DEFAULT_WORKERS,
+    CLIError,
+    SubParsers,
+    add_model_args,
+    add_runtime_args,
+    calibration_images,
+    data_config,
+    load_model,
+    say_what_runs,
+    warn_random,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch.output import PredictionFiles, Printer, check_paths, run_bulk
+    from ..batch.predictor import BatchPredictor, find_images
+    from ..inference import BackendUnavailable, OptimizationError
+
+    if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
+        raise CLIError('--topk and --batch-size must be >= 1, --workers >= 0')
+    if not args.images and args.file_list is None:
+        raise CLIError('give image files, folders or globs, or --file-list FILE')
+    output, embeddings = (Path(p) if p else None for p in (args.output, args.embeddings))
+    try:
+        check_paths(output, embeddings, args.resume)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    paths = find_images(args.images, args.file_list)  # usage mistakes before the model is built
+    model = load_model(args.model, args.pretrained, args.checkpoint)
+    warn_random(args)
+    try:
+        calibration = calibration_images(model, args, data_config(model, args.img_size)['input_size'])
+        predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
+                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration)
+        say_what_runs(predictor.model)
+        sink = (PredictionFiles(output, predictor.columns, embeddings, predictor.embedding_size) if output
+                else Printer(predictor.topk))
+    except (ValueError, BackendUnavailable, OptimizationError) as e:
+        raise CLIError(str(e)) from None
+    _, failed = run_bulk(predictor, paths, sink, batch_size=args.batch_size, workers=args.workers)
+    return 1 if failed else 0
+
+
+def add_parser(sub: SubParsers) -> None:
+    from ..batch.predictor import IMAGE_EXTENSIONS
+    p = sub.add_parser(
+        'predict', help='top-k classes of image files, folders, globs or a file list (printed, or CSV/JSONL)',
+        description='Top-k classes of every image named: printed, or written to --output FILE. A file that cannot be '
+                    'read is reported on stderr (and in OUTPUT.errors.csv) and skipped. Exit status: 0 every image '
+                    'predicted, 1 some could not be read (the others were), 2 a usage error (nothing was done).')
+    p.add_argument('images', nargs='*', metavar='IMAGE',
+                   help=f'image files, folders (searched recursively for {" ".join(IMAGE_EXTENSIONS)}) or quoted '
+                        "globs ('photos/**/*.jpg')")
+    p.add_argument('--file-list', metavar='FILE', default=None,
+                   help='a file naming one image a line (relative to the current folder; - reads stdin)')
+    add_model_args(p)
+    p.add_argument('--topk', type=int, default=5, help='classes per image (default: 5)')
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
+    p.add_argument('--batch-size', type=int, default=8, help='images per forward pass (default: 8)')
+    p.add_argument('--workers', type=int, default=DEFAULT_WORKERS,
+                   help='DataLoader processes decoding images, min(4, CPUs) by default; the model runs in the main '
+                        'process; 0 decodes in the main process')
+    p.add_argument('--output', metavar='FILE', default=None,
+                   help='write rows to FILE (.csv or .jsonl): path, then label_i, index_i, probability_i of the top k')
+    p.add_argument('--embeddings', metavar='FILE', default=None,
+                   help="also write each image's pre_logits to FILE (.npy or .safetensors), row i = output row i")
+    p.add_argument('--resume', action='store_true',
+                   help='continue an interrupted run of the same command: only images without a row or error yet')
+    add_runtime_args(p, default_backend='eager')
+    p.set_defaults(func=run)
