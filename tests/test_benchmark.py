@@ -15,19 +15,11 @@ from loopback_guard.sitecustomize import child_environment
 
 import timm
 
-from timm_sknet.bench.runners import (
-    ConcurrencyRunner,
-    Load,
-    Report,
-    ServeRunner,
-    concurrent_rate,
-    gemm_peaks,
-    load_clients,
-    markdown,
-    summarize,
-    time_alternating,
-    write_report,
-)
+from timm_sknet.bench.concurrency import ConcurrencyRunner, concurrent_rate
+from timm_sknet.bench.inference import summarize
+from timm_sknet.bench.report import Report, markdown, write_report
+from timm_sknet.bench.serve import Load, ServeRunner, load_clients
+from timm_sknet.bench.timing import gemm_peaks, time_alternating
 from timm_sknet.serving.app import create_app
 
 

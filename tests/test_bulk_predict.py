@@ -20,7 +20,8 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet.batch.predictor import decode, find_images
+from timm_sknet.batch.finding import find_images
+from timm_sknet.batch.predictor import decode
 from timm_sknet.cli import main
 from timm_sknet.data.images import SAMPLES_DIR
 

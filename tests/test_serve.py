@@ -24,7 +24,7 @@ from PIL import Image
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet.bench.runners import serving_process
+from timm_sknet.bench.serve import serving_process
 from timm_sknet.cli import main
 from timm_sknet.data.images import load_image
 from timm_sknet.data.labels import class_names
