@@ -26,13 +26,13 @@ from timm.data import create_transform, resolve_data_config
 
 from timm_sknet.bench.serve import serving_process
 from timm_sknet.cli import main
-from timm_sknet.data.images import load_image
+from timm_sknet.data.images import SAMPLES_DIR, load_image
 from timm_sknet.data.labels import class_names
 from timm_sknet.inference import optimize
 from timm_sknet.serving.app import create_app
 
 MODEL = 'sknet_tiny.synthetic'
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / 'timm_sknet' / 'tools' / 'samples').glob('*.png'))
+SAMPLES = sorted(SAMPLES_DIR.glob('*.png'))
 
 
 @pytest.fixture(scope='module')
