@@ -11,11 +11,10 @@ import torch
 import timm
 
 import timm_sknet
-from timm_sknet.cli import main
+from timm_sknet.cli import env, main
 from timm_sknet.inference import BackendUnavailable, machine, optimize
 from timm_sknet.inference.backends import build_runner
 from timm_sknet.inference.machine import _REPORTED_FLAGS, MachineInfo
-from timm_sknet.tools import env
 
 SIZE = (3, 64, 64)
 #: distribution -> the module whose ``__version__`` states it (a second source beside the installed metadata)
