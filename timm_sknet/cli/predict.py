@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: SubParsers) -> None:
-    from ..batch.predictor import IMAGE_EXTENSIONS
+    from ..batch.finding import IMAGE_EXTENSIONS
     p = sub.add_parser(
         'predict', help='top-k classes of image files, folders, globs or a file list (printed, or CSV/JSONL)',
         description='Top-k classes of every image named: printed, or written to --output FILE. A file that cannot be '

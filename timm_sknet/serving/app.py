@@ -1,119 +1,263 @@
-"""An HTTP service: an image in, the model's top-5 classes out as JSON (FastAPI; ``pip install "timm-sknet[serve]"``).
+"""An HTTP service: an image in, the model's top classes or its embedding out as JSON (FastAPI;
+``pip install "timm-sknet[serve]"``).
 
 ``POST /predict`` takes the image as a multipart field named ``file`` or as the raw request body, and answers
-``{"predictions": [{"label", "index", "probability"}, ...]}``, most probable first. ``GET /health`` says it is up
-and what runs the model. A bad upload gets a 4xx with ``{"detail": "<what was wrong and what to do>"}``: 400 for an
-empty body or a missing ``file`` field, 413 past the upload size limit, 422 for bytes that are not a readable image
-or have more pixels than the limit (checked from the header, before any pixel is decoded).
+``{"predictions": [{"index", "wordnet_id", "label", "probability"}, ...]}``, most probable first (``?topk=``, 1 to
+the number of classes). ``POST /embed`` answers the pooled embedding. ``GET /health`` says the process is up,
+``GET /ready`` whether it takes requests (model warm, not draining), ``GET /metrics`` is Prometheus' text.
 
-The endpoint is ``async``: it reads the upload on the event loop, then decodes, preprocesses and runs the model in
-a worker thread, at most ``concurrency`` at once (an anyio limiter of its own, so waiting requests hold no thread).
-``timm-sknet serve`` runs it with uvicorn; docs/serving.md says how to size workers, concurrency and threads.
+Each request is admitted or refused at once: at most ``concurrency`` model calls run and ``max_queue`` more
+requests wait; past that, and while draining, the answer is 503 with ``Retry-After``, before the upload is read.
+An admitted upload is read, decoded and preprocessed in a thread without holding a model slot, so a bad one gets
+its 4xx at once: 400 empty or malformed, 413 past the upload size limit, 422 not a readable image or over the
+pixel limit (from the header, before any pixel is decoded).
 """
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+import signal
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 from ..data.images import ImageError, read_image
-from ..data.labels import class_names, top_k
+from ..data.labels import class_names, wordnet_ids
+from .metrics import Metrics
+from .schema import Embedding, Health, Predictions, Problem, Readiness
+from .upload import FIELD, UPLOAD_BODY, read_upload
 
 if TYPE_CHECKING:  # the extra `serve` and PIL are imported where they are used
     import fastapi
-    import starlette.requests
 
-__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_UPLOAD_BYTES', 'FIELD', 'create_app']
+__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_QUEUE', 'DEFAULT_MAX_UPLOAD_BYTES', 'FIELD', 'create_app']
 
 #: the largest upload read (bytes); a camera JPEG is 2-10 MB
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
 #: the most pixels decoded (a 48-megapixel photo passes); PIL's own bomb check stops at about 89 million
 DEFAULT_MAX_PIXELS = 50_000_000
-#: the multipart field that holds the image (``curl -F file=@cat.jpg``)
-FIELD = 'file'
+#: requests that may wait for a model call; past them, 503 (16 x sknet50's ~60 ms on 2 cores: about a second)
+DEFAULT_MAX_QUEUE = 16
+#: seconds a refused client is told to wait
+RETRY_AFTER = 1
+ROUTES = ('/predict', '/embed', '/health', '/ready', '/metrics')
 
 
-def _default_preprocessing(model: nn.Module, transform: Optional[Callable],
-                           labels: Optional[Sequence[str]]) -> Tuple[Callable, Sequence[str]]:
-    """The model's own eval transform and class names where it has a ``pretrained_cfg`` (an optimized model has not)."""
-    if transform is not None and labels is not None:
-        return transform, labels
-    if getattr(model, 'pretrained_cfg', None) is None:
-        raise ValueError(f'{type(model).__name__} has no pretrained_cfg to take the preprocessing and class names '
-                         'from; pass transform= and labels= (those of the model it was built from)')
-    from timm.data import create_transform, resolve_data_config
-    return (transform or create_transform(**resolve_data_config(model=model)), labels or class_names(model))
+def _classes(model: nn.Module, transform: Optional[Callable],
+             labels: Optional[Sequence[str]]) -> Tuple[Callable, List[str]]:
+    """The transform and class names: given, or the model's own from its ``pretrained_cfg``; refused without
+    classes."""
+    if transform is None or labels is None:
+        if getattr(model, 'pretrained_cfg', None) is None:
+            raise ValueError(f'{type(model).__name__} has no pretrained_cfg to take the preprocessing and class '
+                             'names from; pass transform= and labels= (those of the model it was built from)')
+        from timm.data import create_transform, resolve_data_config
+        transform = transform or create_transform(**resolve_data_config(model=model))
+        labels = labels or class_names(model)
+    if not labels:
+        raise ValueError(f'{type(model).__name__} has no classifier (num_classes=0 or features_only=True): '
+                         'serve a model with its classification head, e.g. timm.create_model(name, pretrained=True) '
+                         'without num_classes=0 or features_only')
+    return transform, list(labels)
 
 
-async def _read_upload(request: 'starlette.requests.Request', max_bytes: int) -> bytes:
-    """The image's bytes: the multipart field ``file`` or the whole body, refused past ``max_bytes``."""
-    from fastapi import HTTPException
+def _embedder(model: nn.Module, embedder: Optional[nn.Module]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """timm's pooled pre-logits features of ``embedder``, else of ``model`` where it is a timm model."""
+    source = embedder if embedder is not None else model
+    if not (hasattr(source, 'forward_features') and hasattr(source, 'forward_head')):
+        return None  # an optimize() result computes the logits only
+    return lambda x: source.forward_head(source.forward_features(x), pre_logits=True)
+
+
+class Admission:
+    """Who may enter: ``concurrency`` model calls and ``max_queue`` waiting, none while starting or draining."""
+
+    def __init__(self, concurrency: int, max_queue: int, metrics: Metrics):
+        import anyio
+        self.model_slots, self.limit = anyio.CapacityLimiter(concurrency), concurrency + max_queue
+        self.admitted, self.running, self.metrics = 0, 0, metrics
+        self.warm, self.draining = False, False
+
+    @property
+    def state(self) -> str:
+        return 'draining' if self.draining else 'ready' if self.warm else 'starting'
+
+    @asynccontextmanager
+    async def entry(self) -> AsyncIterator[None]:
+        from fastapi import HTTPException
+        if self.state != 'ready' or self.admitted >= self.limit:
+            reason = 'full' if self.state == 'ready' else self.state
+            self.metrics.rejected.labels(reason).inc()
+            message = {'full': f'the server is full ({self.limit} requests in progress); retry after '
+                               f'{RETRY_AFTER} s or on another replica',
+                       'draining': 'the server is shutting down; send the request to another replica'}
+            raise HTTPException(503, message.get(reason, 'the model is warming up; retry shortly'),
+                                headers={'Retry-After': str(RETRY_AFTER)})
+        self._count(admitted=1)
+        try:
+            yield
+        finally:
+            self._count(admitted=-1)
+
+    def _count(self, admitted: int = 0, running: int = 0) -> None:
+        self.admitted, self.running = self.admitted + admitted, self.running + running
+        self.metrics.queue.set(self.admitted - self.running)
+
+    async def call(self, function: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+        """``function(x)`` in a worker thread once a model slot is free; the time it takes is measured."""
+        import anyio
+
+        def timed() -> Any:
+            with torch.inference_mode(), self.metrics.model.time():
+                return function(x)
+        async with self.model_slots:
+            self._count(running=1)
+            try:
+                return await anyio.to_thread.run_sync(timed)
+            finally:
+                self._count(running=-1)
+
+
+def drain_on_signals(admission: Admission) -> None:
+    """On SIGTERM or SIGINT: refuse new requests at once, then let the server's own handler (uvicorn's graceful
+    shutdown) run. Signal handlers can be set in the main thread only; elsewhere the host handles shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(number: int, frame: Any, previous: Any = previous) -> None:
+            admission.draining = True
+            if callable(previous):
+                previous(number, frame)
+            else:  # the default action (or none): as if this handler had not been there
+                signal.signal(number, previous)
+                signal.raise_signal(number)
+        signal.signal(sig, handler)
+
+
+def _observe(app: 'fastapi.FastAPI', metrics: Metrics) -> None:
+    """Every answer counted by route and status, and timed."""
     from starlette.requests import Request
 
-    too_large = HTTPException(413, f'upload larger than the limit of {max_bytes:,} bytes; send a smaller image')
-    if int(request.headers.get('content-length') or 0) > max_bytes:
-        raise too_large  # refused before reading it
-    body, size = [], 0
-    async for chunk in request.stream():  # counted as it arrives: a chunked upload has no Content-Length
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        body.append(chunk)
-    data = b''.join(body)
-    if not request.headers.get('content-type', '').startswith('multipart/form-data'):
-        return data
-
-    async def replay() -> Dict[str, Any]:
-        return {'type': 'http.request', 'body': data, 'more_body': False}
-    async with Request(request.scope, replay).form(max_files=1, max_fields=8) as form:
-        upload = form.get(FIELD)
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(400, f'no file in the multipart field {FIELD!r} (got fields: '
-                                     f'{", ".join(form.keys()) or "none"}); send it as curl -F {FIELD}=@image.jpg')
-        return await upload.read()
+    @app.middleware('http')
+    async def measure(request: Request, call_next: Callable) -> Any:
+        route = request.url.path if request.url.path in ROUTES else 'other'
+        start = time.perf_counter()
+        response = await call_next(request)
+        metrics.latency.labels(route).observe(time.perf_counter() - start)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
 
 
 def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
-               topk: int = 5, concurrency: int = 1, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> 'fastapi.FastAPI':
+               topk: int = 5, concurrency: int = 1, max_queue: int = DEFAULT_MAX_QUEUE,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               embedder: Optional[nn.Module] = None, wordnet: Optional[Sequence[Optional[str]]] = None
+               ) -> 'fastapi.FastAPI':
     """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
 
     Args:
         model: a classifier; an ``optimize`` result must be safe to call from ``concurrency`` threads at once.
         transform: PIL image to input tensor (default: the model's eval transform from its ``pretrained_cfg``).
         labels: class names by index (default: the model's, as ``timm-sknet predict`` prints them).
-        topk: classes per answer.
-        concurrency: model calls at once (worker threads); the rest wait without holding a thread.
+        topk: classes per answer when the request does not say (``?topk=``).
+        concurrency: model calls at once (worker threads).
+        max_queue: requests that may wait for a model call; past them the answer is 503.
         max_upload_bytes: the largest upload.
         max_pixels: the most pixels an image may have.
+        embedder: the timm model ``/embed`` runs (default: ``model`` if it is a timm model; an ``optimize`` result
+            gives logits only, so pass the model it was built from, or ``/embed`` answers 501).
+        wordnet: WordNet ids by index (default: the model's, for an ImageNet model; else null).
     """
-    import anyio
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException, Query, Request, Response
 
-    if concurrency < 1:
-        raise ValueError(f'concurrency must be >= 1, got {concurrency}')
-    transform, labels = _default_preprocessing(model, transform, labels)
-    limiter = anyio.CapacityLimiter(concurrency)
-    app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1])
+    for name, value in (('concurrency', concurrency), ('topk', topk)):
+        if value < 1:
+            raise ValueError(f'{name} must be >= 1, got {value}')
+    if max_queue < 0:
+        raise ValueError(f'max_queue must be >= 0, got {max_queue}')
+    transform, labels = _classes(model, transform, labels)
+    if wordnet is None:
+        wordnet = wordnet_ids(embedder if embedder is not None else model) or [None] * len(labels)
+    embed = _embedder(model, embedder)
+    metrics = Metrics()
+    admission = Admission(concurrency, max_queue, metrics)
 
-    def classify(data: bytes) -> List[Dict[str, Any]]:
-        image = read_image(data, max_pixels)
-        return top_k(model, transform(image)[None], labels, topk)[0]
-
-    @app.post('/predict')
-    async def predict(request: Request) -> Dict[str, List[Dict[str, Any]]]:
-        """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
-        data = await _read_upload(request, max_upload_bytes)
+    def preprocess(data: bytes) -> torch.Tensor:
         if not data:
             raise HTTPException(400, f'empty upload: send the image as the request body or as the multipart field '
                                      f'{FIELD!r}')
-        try:
-            return {'predictions': await anyio.to_thread.run_sync(classify, data, limiter=limiter)}
+        try:  # ImageTooLarge's message is the limit's own
+            return transform(read_image(data, max_pixels))[None]
         except ImageError as e:  # not an image, truncated, or over max_pixels
             raise HTTPException(422, str(e)) from None
 
-    @app.get('/health')
+    async def image(request: Request) -> torch.Tensor:
+        import anyio
+        return await anyio.to_thread.run_sync(preprocess, await read_upload(request, max_upload_bytes))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio
+        from PIL import Image
+        drain_on_signals(admission)
+        warm_up = transform(Image.new('RGB', (64, 64)))[None]
+
+        def first_call() -> None:
+            with torch.inference_mode():
+                model(warm_up)
+        await anyio.to_thread.run_sync(first_call)  # ready only once the first call is done
+        admission.warm = True
+        yield
+        admission.draining = True
+
+    app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1], lifespan=lifespan)
+    _observe(app, metrics)
+    refusals: Dict[int | str, Dict[str, Any]] = {
+        code: {'model': Problem, 'description': text} for code, text in (
+            (400, 'empty upload, or a malformed multipart body'), (413, 'upload over the size limit'),
+            (422, 'not a readable image, over the pixel limit, or topk out of range'),
+            (503, 'full or draining: retry after the Retry-After header\'s seconds'))}
+
+    @app.post('/predict', response_model=Predictions, responses=refusals, openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request, topk: int = Query(topk, ge=1, le=len(labels),
+                                                          description='classes to answer')) -> Dict[str, Any]:
+        """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
+        async with admission.entry():
+            x = await image(request)
+            probs = (await admission.call(model, x)).float().softmax(-1)[0]
+        values, indices = probs.topk(topk)
+        return {'predictions': [dict(index=i, wordnet_id=wordnet[i], label=labels[i], probability=p)
+                                for p, i in zip(values.tolist(), indices.tolist())]}
+
+    @app.post('/embed', response_model=Embedding, openapi_extra=UPLOAD_BODY,
+              responses={**refusals, 501: {'model': Problem, 'description': 'the model gives logits only'}})
+    async def embedding(request: Request) -> Dict[str, Any]:
+        """The pooled embedding of the image (the features the classifier reads)."""
+        if embed is None:
+            raise HTTPException(501, f'{type(model).__name__} gives logits only; create the app with '
+                                     'embedder=<the timm model it was built from> to serve /embed')
+        async with admission.entry():
+            vector = (await admission.call(embed, await image(request))).float()[0]
+        return {'embedding': vector.tolist(), 'dim': vector.numel()}
+
+    @app.get('/health', response_model=Health)
     def health() -> Dict[str, Any]:
-        """Up, and what runs the model."""
+        """Alive (liveness), and what runs the model."""
         return dict(status='ok', runs_as=getattr(model, 'description', f'PyTorch {type(model).__name__}'),
-                    concurrency=concurrency, classes=len(labels))
+                    concurrency=concurrency, max_queue=max_queue, classes=len(labels))
+
+    @app.get('/ready', response_model=Readiness, responses={503: {'model': Readiness}})
+    def ready(response: Response) -> Dict[str, Any]:
+        """200 once the model is warm, 503 while starting or draining (readiness)."""
+        response.status_code = 200 if admission.state == 'ready' else 503
+        return dict(ready=admission.state == 'ready', status=admission.state)
+
+    @app.get('/metrics', response_class=Response)
+    def scrape() -> Response:
+        """Prometheus' text format."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return app
