@@ -137,8 +137,16 @@ def drain_on_signals(admission: Admission) -> None:
 
 
 def _observe(app: 'fastapi.FastAPI', metrics: Metrics) -> None:
-    """Every answer counted by route and status, and timed."""
+    """Every answer counted by route and status, and timed; a bad query parameter's 422 as one sentence, as every
+    other error's ``detail`` is."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
     from starlette.requests import Request
+
+    @app.exception_handler(RequestValidationError)
+    async def one_sentence(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = '; '.join(f'{" ".join(map(str, e["loc"]))}: {e["msg"]}' for e in error.errors())
+        return JSONResponse({'detail': f'{problems} (see /docs for the parameters)'}, status_code=422)
 
     @app.middleware('http')
     async def measure(request: Request, call_next: Callable) -> Any:
