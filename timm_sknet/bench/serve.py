@@ -38,18 +38,18 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
         lines.put(None)
     threading.Thread(target=read, args=(proc.stderr,), daemon=True).start()
     try:
-        deadline, log = time.monotonic() + timeout, log if log is not None else []
-        log.append('')
-        while 'Uvicorn running on' not in log[-1]:  # printed once it has bound the port
+        deadline, seen = time.monotonic() + timeout, log if log is not None else []
+        seen.append('')
+        while 'Uvicorn running on' not in seen[-1]:  # printed once it has bound the port
             try:
                 line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 line = None
             if line is None:  # it ended (its log is whole), or the time is up
                 waited = f' within {timeout:.0f} s' if time.monotonic() > deadline else ''
-                raise RuntimeError(f'timm-sknet serve did not start{waited}:\n' + ''.join(log))
-            log.append(line)
-        url = log[-1].split('Uvicorn running on ', 1)[1].split()[0]
+                raise RuntimeError(f'timm-sknet serve did not start{waited}:\n' + ''.join(seen))
+            seen.append(line)
+        url = seen[-1].split('Uvicorn running on ', 1)[1].split()[0]
         while True:  # with --workers, each worker listens once it has built and warmed its model
             with contextlib.suppress(httpx2.TransportError):
                 if httpx2.get(f'{url}/ready', timeout=timeout).status_code == 200:
@@ -67,7 +67,7 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
             raise RuntimeError(f'timm-sknet serve did not stop within 60 s of {signal.Signals(stop).name}') from None
         with contextlib.suppress(queue.Empty):  # the rest of its log, to its end
             while (line := lines.get(timeout=5)) is not None:
-                log.append(line)
+                seen.append(line)
     if proc.returncode != 0:
         raise RuntimeError(f'timm-sknet serve ended with status {proc.returncode}')
 

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from .upload import FIELD, UPLOAD_BODY, read_upload
 
 if TYPE_CHECKING:  # the extra `serve` and PIL are imported where they are used
     import fastapi
+    import starlette.requests
 
 __all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_QUEUE', 'DEFAULT_MAX_UPLOAD_BYTES', 'FIELD', 'create_app']
 
@@ -64,9 +65,11 @@ def _classes(model: nn.Module, transform: Optional[Callable],
 def _embedder(model: nn.Module, embedder: Optional[nn.Module]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """timm's pooled pre-logits features of ``embedder``, else of ``model`` where it is a timm model."""
     source = embedder if embedder is not None else model
-    if not (hasattr(source, 'forward_features') and hasattr(source, 'forward_head')):
+    features: Optional[Callable] = getattr(source, 'forward_features', None)
+    head: Optional[Callable] = getattr(source, 'forward_head', None)
+    if features is None or head is None:
         return None  # an optimize() result computes the logits only
-    return lambda x: source.forward_head(source.forward_features(x), pre_logits=True)
+    return lambda x: head(features(x), pre_logits=True)
 
 
 class Admission:
@@ -74,7 +77,8 @@ class Admission:
 
     def __init__(self, concurrency: int, max_queue: int, metrics: Metrics):
         import anyio
-        self.model_slots, self.limit = anyio.CapacityLimiter(concurrency), concurrency + max_queue
+        self.model_slots, self.concurrency = anyio.CapacityLimiter(concurrency), concurrency
+        self.limit = concurrency + max_queue
         self.admitted, self.running, self.metrics = 0, 0, metrics
         self.warm, self.draining = False, False
 
@@ -158,6 +162,103 @@ def _observe(app: 'fastapi.FastAPI', metrics: Metrics) -> None:
         return response
 
 
+class Service:
+    """What the endpoints share: the model and its preprocessing, the classes, the limits, the admission."""
+
+    def __init__(self, model: nn.Module, transform: Callable, labels: List[str], wordnet: Sequence[Optional[str]],
+                 embed: Optional[Callable], admission: Admission, max_upload_bytes: int, max_pixels: int):
+        self.model, self.transform, self.labels, self.wordnet, self.embed = model, transform, labels, wordnet, embed
+        self.admission, self.max_upload_bytes, self.max_pixels = admission, max_upload_bytes, max_pixels
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        from fastapi import HTTPException
+        if not data:
+            raise HTTPException(400, f'empty upload: send the image as the request body or as the multipart field '
+                                     f'{FIELD!r}')
+        try:  # ImageTooLarge's message is the limit's own
+            return self.transform(read_image(data, self.max_pixels))[None]
+        except ImageError as e:  # not an image, truncated, or over max_pixels
+            raise HTTPException(422, str(e)) from None
+
+    async def image(self, request: 'starlette.requests.Request') -> torch.Tensor:
+        """The upload decoded and preprocessed in a worker thread, without a model slot."""
+        import anyio
+        return await anyio.to_thread.run_sync(self.preprocess, await read_upload(request, self.max_upload_bytes))
+
+    @asynccontextmanager
+    async def lifespan(self, app: 'fastapi.FastAPI') -> AsyncIterator[None]:
+        """Ready once the model has answered a first call; draining from SIGTERM or shutdown on."""
+        import anyio
+        from PIL import Image
+        drain_on_signals(self.admission)
+        warm_up = self.transform(Image.new('RGB', (64, 64)))[None]
+
+        def first_call() -> None:
+            with torch.inference_mode():
+                self.model(warm_up)
+        await anyio.to_thread.run_sync(first_call)
+        self.admission.warm = True
+        yield
+        self.admission.draining = True
+
+
+REFUSALS: Dict[Union[int, str], Dict[str, Any]] = {
+    code: {'model': Problem, 'description': text} for code, text in (
+        (400, 'empty upload, or a malformed multipart body'), (413, 'upload over the size limit'),
+        (422, 'not a readable image, over the pixel limit, or a query parameter out of range'),
+        (503, "full or draining: retry after the Retry-After header's seconds"))}
+
+
+def _model_routes(app: 'fastapi.FastAPI', service: Service, topk: int) -> None:
+    from fastapi import HTTPException, Query, Request
+
+    @app.post('/predict', response_model=Predictions, responses=REFUSALS, openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request, topk: int = Query(topk, ge=1, le=len(service.labels),
+                                                          description='classes to answer')) -> Dict[str, Any]:
+        """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
+        async with service.admission.entry():
+            x = await service.image(request)
+            probs = (await service.admission.call(service.model, x)).float().softmax(-1)[0]
+        values, indices = probs.topk(topk)
+        return {'predictions': [dict(index=i, wordnet_id=service.wordnet[i], label=service.labels[i], probability=p)
+                                for p, i in zip(values.tolist(), indices.tolist())]}
+
+    @app.post('/embed', response_model=Embedding, openapi_extra=UPLOAD_BODY,
+              responses={**REFUSALS, 501: {'model': Problem, 'description': 'the model gives logits only'}})
+    async def embedding(request: Request) -> Dict[str, Any]:
+        """The pooled embedding of the image (the features the classifier reads)."""
+        if service.embed is None:
+            raise HTTPException(501, f'{type(service.model).__name__} gives logits only; create the app with '
+                                     'embedder=<the timm model it was built from> to serve /embed')
+        async with service.admission.entry():
+            vector = (await service.admission.call(service.embed, await service.image(request))).float()[0]
+        return {'embedding': vector.tolist(), 'dim': vector.numel()}
+
+
+def _operator_routes(app: 'fastapi.FastAPI', service: Service, metrics: Metrics) -> None:
+    from fastapi import Response
+    admission = service.admission
+
+    @app.get('/health', response_model=Health)
+    def health() -> Dict[str, Any]:
+        """Alive (liveness), and what runs the model."""
+        return dict(status='ok', classes=len(service.labels), concurrency=admission.concurrency,
+                    max_queue=admission.limit - admission.concurrency,
+                    runs_as=getattr(service.model, 'description', f'PyTorch {type(service.model).__name__}'))
+
+    @app.get('/ready', response_model=Readiness, responses={503: {'model': Readiness}})
+    def ready(response: Response) -> Dict[str, Any]:
+        """200 once the model is warm, 503 while starting or draining (readiness)."""
+        response.status_code = 200 if admission.state == 'ready' else 503
+        return dict(ready=admission.state == 'ready', status=admission.state)
+
+    @app.get('/metrics', response_class=Response)
+    def scrape() -> Response:
+        """Prometheus' text format."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+
 def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
                topk: int = 5, concurrency: int = 1, max_queue: int = DEFAULT_MAX_QUEUE,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -178,94 +279,19 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
             gives logits only, so pass the model it was built from, or ``/embed`` answers 501).
         wordnet: WordNet ids by index (default: the model's, for an ImageNet model; else null).
     """
-    from fastapi import FastAPI, HTTPException, Query, Request, Response
+    from fastapi import FastAPI
 
-    for name, value in (('concurrency', concurrency), ('topk', topk)):
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    if max_queue < 0:
-        raise ValueError(f'max_queue must be >= 0, got {max_queue}')
+    for name, value, least in (('concurrency', concurrency, 1), ('topk', topk, 1), ('max_queue', max_queue, 0)):
+        if value < least:
+            raise ValueError(f'{name} must be >= {least}, got {value}')
     transform, labels = _classes(model, transform, labels)
     if wordnet is None:
         wordnet = wordnet_ids(embedder if embedder is not None else model) or [None] * len(labels)
-    embed = _embedder(model, embedder)
     metrics = Metrics()
-    admission = Admission(concurrency, max_queue, metrics)
-
-    def preprocess(data: bytes) -> torch.Tensor:
-        if not data:
-            raise HTTPException(400, f'empty upload: send the image as the request body or as the multipart field '
-                                     f'{FIELD!r}')
-        try:  # ImageTooLarge's message is the limit's own
-            return transform(read_image(data, max_pixels))[None]
-        except ImageError as e:  # not an image, truncated, or over max_pixels
-            raise HTTPException(422, str(e)) from None
-
-    async def image(request: Request) -> torch.Tensor:
-        import anyio
-        return await anyio.to_thread.run_sync(preprocess, await read_upload(request, max_upload_bytes))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import anyio
-        from PIL import Image
-        drain_on_signals(admission)
-        warm_up = transform(Image.new('RGB', (64, 64)))[None]
-
-        def first_call() -> None:
-            with torch.inference_mode():
-                model(warm_up)
-        await anyio.to_thread.run_sync(first_call)  # ready only once the first call is done
-        admission.warm = True
-        yield
-        admission.draining = True
-
-    app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1], lifespan=lifespan)
+    service = Service(model, transform, labels, wordnet, _embedder(model, embedder),
+                      Admission(concurrency, max_queue, metrics), max_upload_bytes, max_pixels)
+    app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1], lifespan=service.lifespan)
     _observe(app, metrics)
-    refusals: Dict[int | str, Dict[str, Any]] = {
-        code: {'model': Problem, 'description': text} for code, text in (
-            (400, 'empty upload, or a malformed multipart body'), (413, 'upload over the size limit'),
-            (422, 'not a readable image, over the pixel limit, or topk out of range'),
-            (503, 'full or draining: retry after the Retry-After header\'s seconds'))}
-
-    @app.post('/predict', response_model=Predictions, responses=refusals, openapi_extra=UPLOAD_BODY)
-    async def predict(request: Request, topk: int = Query(topk, ge=1, le=len(labels),
-                                                          description='classes to answer')) -> Dict[str, Any]:
-        """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
-        async with admission.entry():
-            x = await image(request)
-            probs = (await admission.call(model, x)).float().softmax(-1)[0]
-        values, indices = probs.topk(topk)
-        return {'predictions': [dict(index=i, wordnet_id=wordnet[i], label=labels[i], probability=p)
-                                for p, i in zip(values.tolist(), indices.tolist())]}
-
-    @app.post('/embed', response_model=Embedding, openapi_extra=UPLOAD_BODY,
-              responses={**refusals, 501: {'model': Problem, 'description': 'the model gives logits only'}})
-    async def embedding(request: Request) -> Dict[str, Any]:
-        """The pooled embedding of the image (the features the classifier reads)."""
-        if embed is None:
-            raise HTTPException(501, f'{type(model).__name__} gives logits only; create the app with '
-                                     'embedder=<the timm model it was built from> to serve /embed')
-        async with admission.entry():
-            vector = (await admission.call(embed, await image(request))).float()[0]
-        return {'embedding': vector.tolist(), 'dim': vector.numel()}
-
-    @app.get('/health', response_model=Health)
-    def health() -> Dict[str, Any]:
-        """Alive (liveness), and what runs the model."""
-        return dict(status='ok', runs_as=getattr(model, 'description', f'PyTorch {type(model).__name__}'),
-                    concurrency=concurrency, max_queue=max_queue, classes=len(labels))
-
-    @app.get('/ready', response_model=Readiness, responses={503: {'model': Readiness}})
-    def ready(response: Response) -> Dict[str, Any]:
-        """200 once the model is warm, 503 while starting or draining (readiness)."""
-        response.status_code = 200 if admission.state == 'ready' else 503
-        return dict(ready=admission.state == 'ready', status=admission.state)
-
-    @app.get('/metrics', response_class=Response)
-    def scrape() -> Response:
-        """Prometheus' text format."""
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
+    _model_routes(app, service, topk)
+    _operator_routes(app, service, metrics)
     return app
