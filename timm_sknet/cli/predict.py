@@ -17,8 +17,9 @@ from .arguments import (
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch.output import PredictionFiles, Printer, check_paths, run_bulk
+    from ..batch.output import PredictionFiles, Printer, check_paths
     from ..batch.predictor import BatchPredictor, find_images
+    from ..batch.run import run_bulk
     from ..inference import BackendUnavailable, OptimizationError
 
     if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         calibration = calibration_images(model, args, data_config(model, args.img_size)['input_size'])
         predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
-                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration)
+                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration,
+                                   full_decode=args.full_decode)
         say_what_runs(predictor.model)
         sink = (PredictionFiles(output, predictor.columns, embeddings, predictor.embedding_size) if output
                 else Printer(predictor.topk))
@@ -69,6 +71,9 @@ def add_parser(sub: SubParsers) -> None:
                    help='write rows to FILE (.csv or .jsonl): path, then label_i, index_i, probability_i of the top k')
     p.add_argument('--embeddings', metavar='FILE', default=None,
                    help="also write each image's pre_logits to FILE (.npy or .safetensors), row i = output row i")
+    p.add_argument('--full-decode', action='store_true',
+                   help='decode JPEGs in full (default: at the smallest DCT scale still at least the size the '
+                        'transform resizes to, several times faster)')
     p.add_argument('--resume', action='store_true',
                    help='continue an interrupted run of the same command: only images without a row or error yet')
     add_runtime_args(p, default_backend='eager')

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict
 
 import torch
 
+from ..data.images import decode_size
 from ..data.labels import class_names
 from .arguments import (
     CLIError,
@@ -35,7 +36,8 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     labels = class_names(model)
     return create_app(optimized(model, args, config['input_size']), transform=create_transform(**config),
                       labels=labels, topk=args.topk, concurrency=args.concurrency,
-                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
+                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels,
+                      decode_size=decode_size(config))
 
 
 def serve_app_from_environment() -> 'FastAPI':

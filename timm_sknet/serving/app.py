@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from torch import nn
 
 from ..data.images import ImageError, read_image
+from ..data.images import decode_size as size_to_decode  # create_app's argument has the name
 from ..data.labels import class_names, top_k
 
 if TYPE_CHECKING:  # the extra `serve` and PIL are imported where they are used
@@ -31,16 +32,23 @@ DEFAULT_MAX_PIXELS = 50_000_000
 FIELD = 'file'
 
 
-def _default_preprocessing(model: nn.Module, transform: Optional[Callable],
-                           labels: Optional[Sequence[str]]) -> Tuple[Callable, Sequence[str]]:
-    """The model's own eval transform and class names where it has a ``pretrained_cfg`` (an optimized model has not)."""
+Size = Optional[Tuple[int, int]]
+
+
+def _default_preprocessing(model: nn.Module, transform: Optional[Callable], labels: Optional[Sequence[str]],
+                           size: Size) -> Tuple[Callable, Sequence[str], Size]:
+    """The model's own eval transform (with its decode size) and class names where it has a ``pretrained_cfg`` (an
+    optimized model has not)."""
     if transform is not None and labels is not None:
-        return transform, labels
+        return transform, labels, size
     if getattr(model, 'pretrained_cfg', None) is None:
         raise ValueError(f'{type(model).__name__} has no pretrained_cfg to take the preprocessing and class names '
                          'from; pass transform= and labels= (those of the model it was built from)')
     from timm.data import create_transform, resolve_data_config
-    return (transform or create_transform(**resolve_data_config(model=model)), labels or class_names(model))
+    if transform is None:
+        config = resolve_data_config(model=model)
+        transform, size = create_transform(**config), size or size_to_decode(config)
+    return transform, labels or class_names(model), size
 
 
 async def _read_upload(request: 'starlette.requests.Request', max_bytes: int) -> bytes:
@@ -73,7 +81,7 @@ async def _read_upload(request: 'starlette.requests.Request', max_bytes: int) ->
 
 def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
                topk: int = 5, concurrency: int = 1, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> 'fastapi.FastAPI':
+               max_pixels: int = DEFAULT_MAX_PIXELS, decode_size: Size = None) -> 'fastapi.FastAPI':
     """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
 
     Args:
@@ -84,18 +92,21 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
         concurrency: model calls at once (worker threads); the rest wait without holding a thread.
         max_upload_bytes: the largest upload.
         max_pixels: the most pixels an image may have.
+        decode_size: (width, height) a JPEG upload is decoded to at least, at the smallest DCT scale that covers it
+            (:func:`timm_sknet.data.images.decode_size` of the transform's data config); default: that of the
+            model's own eval transform where ``transform`` is not given, else None: decoded in full.
     """
     import anyio
     from fastapi import FastAPI, HTTPException, Request
 
     if concurrency < 1:
         raise ValueError(f'concurrency must be >= 1, got {concurrency}')
-    transform, labels = _default_preprocessing(model, transform, labels)
+    transform, labels, decode_size = _default_preprocessing(model, transform, labels, decode_size)
     limiter = anyio.CapacityLimiter(concurrency)
     app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1])
 
     def classify(data: bytes) -> List[Dict[str, Any]]:
-        image = read_image(data, max_pixels)
+        image = read_image(data, max_pixels, decode_size)
         return top_k(model, transform(image)[None], labels, topk)[0]
 
     @app.post('/predict')
