@@ -213,6 +213,16 @@ def test_draft_turns_the_target_for_a_jpeg_stored_sideways(tmp_path, target):
     assert read_image(path, min_size=target).size == min(covering, key=lambda s: s[0])
 
 
+def test_a_phones_multi_picture_jpeg_is_drafted_too():
+    """MPO (a JPEG followed by more pictures, as some phones save): its first picture, drafted."""
+    first, second = Image.new('RGB', (800, 600), (10, 200, 30)), Image.new('RGB', (800, 600), (200, 0, 0))
+    data = encoded(first, 'MPO', save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == 'MPO'
+    got = pixels(data, min_size=(100, 75))
+    assert got.shape == (75, 100, 3)
+    np.testing.assert_allclose(got, np.broadcast_to((10, 200, 30), got.shape), atol=2)
+
+
 def test_other_formats_decode_in_full():
     data = encoded(Image.fromarray(upright_photo(800, 600)), 'PNG')
     assert read_image(data, min_size=(100, 75)).size == (800, 600)

@@ -68,7 +68,7 @@ def _draft(image: 'Image.Image', min_size: Tuple[int, int]) -> None:
     """A JPEG decoded at the smallest DCT scale (1/2, 1/4, 1/8 in libjpeg) that keeps it at least ``min_size``
     (upright width, height; swapped for a file stored turned by 90 degrees); other formats are left as they are."""
     from PIL import ExifTags
-    if image.format != 'JPEG':
+    if image.format not in ('JPEG', 'MPO'):  # MPO: a phone's JPEG with more pictures after the first
         return
     turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # transpose, 90, transverse, 270
     image.draft('RGB', min_size[::-1] if turned else min_size)
