@@ -17,20 +17,24 @@ from torch.utils.data import DataLoader, Dataset
 import timm
 from timm.data import create_transform, resolve_data_config
 
-from ..data.images import load_image
+from ..data.images import decode_size, load_image
 from ..data.labels import class_names
 from ..inference import optimize
 
 __all__ = ['Batch', 'BatchPredictor', 'ImageFiles', 'collate', 'decode', 'image_batches']
 
+
+
 # ---------------------------------------------------------------------------------------------------------
 # decoding, in DataLoader workers or Ray actors
 # ---------------------------------------------------------------------------------------------------------
 
-def decode(path: Union[str, Path], transform: Callable) -> Tuple[Optional[torch.Tensor], str]:
-    """``(transform(image), '')``, or ``(None, reason)`` for a file that cannot be read: the run goes on."""
+def decode(path: Union[str, Path], transform: Callable,
+           min_size: Optional[Tuple[int, int]] = None) -> Tuple[Optional[torch.Tensor], str]:
+    """``(transform(image), '')``, or ``(None, reason)`` for a file that cannot be read: the run goes on. A JPEG is
+    decoded at the DCT scale for ``min_size`` (:func:`~timm_sknet.data.images.read_image`; None: in full)."""
     try:
-        return transform(load_image(path)), ''
+        return transform(load_image(path, min_size)), ''
     except Exception as e:  # noqa: BLE001  (any failure of one file is that file's, recorded with its reason)
         reason = ' '.join(str(e).split()) or type(e).__name__
         return None, reason if str(path) in reason else f'{path}: {reason}'
@@ -39,14 +43,15 @@ def decode(path: Union[str, Path], transform: Callable) -> Tuple[Optional[torch.
 class ImageFiles(Dataset):
     """``(index, image or None, reason)`` per path: a dataset whose items never raise for a bad file."""
 
-    def __init__(self, paths: Sequence[Union[str, Path]], transform: Callable):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths: Sequence[Union[str, Path]], transform: Callable,
+                 min_size: Optional[Tuple[int, int]] = None):
+        self.paths, self.transform, self.min_size = list(paths), transform, min_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tuple[int, Optional[torch.Tensor], str]:
-        return (index, *decode(self.paths[index], self.transform))
+        return (index, *decode(self.paths[index], self.transform, self.min_size))
 
 
 class Batch(NamedTuple):
@@ -65,10 +70,11 @@ def collate(samples: Sequence[Tuple[int, Optional[torch.Tensor], str]]) -> Batch
 
 
 def image_batches(paths: Sequence[Union[str, Path]], transform: Callable, batch_size: int,
-                  workers: int) -> Iterator[Batch]:
-    """:class:`Batch` es of ``paths`` in order, decoded by ``workers`` DataLoader processes (0: this one)."""
+                  workers: int, min_size: Optional[Tuple[int, int]] = None) -> Iterator[Batch]:
+    """:class:`Batch` es of ``paths`` in order, decoded by ``workers`` DataLoader processes (0: this one), JPEGs
+    at the DCT scale for ``min_size``."""
     workers = min(workers, -(-len(paths) // batch_size))  # no idle workers for a few files
-    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers,
+    loader = DataLoader(ImageFiles(paths, transform, min_size), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate, shuffle=False)
     return iter(loader)
 
@@ -107,6 +113,8 @@ class BatchPredictor:
         img_size: input size (default: the model's pretrained_cfg); preprocessing is timm's eval transform.
         topk: classes per image (at most the number of classes).
         embeddings: also return pre_logits (``forward_head(pre_logits=True)``), from the same forward pass.
+        full_decode: decode JPEGs in full; by default they are decoded at the smallest DCT scale that is still
+            at least the size the transform resizes to (:attr:`decode_size`, several times faster).
 
     Raises:
         ValueError: the model has no classifier head.
@@ -115,7 +123,7 @@ class BatchPredictor:
 
     def __init__(self, model: Union[str, nn.Module] = 'sknet50', *, pretrained: bool = False, backend: str = 'auto',
                  precision: str = 'fp32', img_size: Optional[int] = None, topk: int = 5, embeddings: bool = False,
-                 calibration: Optional[Sequence[torch.Tensor]] = None):
+                 calibration: Optional[Sequence[torch.Tensor]] = None, full_decode: bool = False):
         if isinstance(model, str):
             model = timm.create_model(model, pretrained=pretrained)
         model = model.eval()
@@ -123,6 +131,7 @@ class BatchPredictor:
             raise ValueError(f'{type(model).__name__} has no classifier head (num_classes=0): nothing to predict')
         self.data_config = resolve_data_config({'img_size': img_size} if img_size else {}, model=model)
         self.transform = create_transform(**self.data_config, is_training=False)
+        self.decode_size = None if full_decode else decode_size(self.data_config)
         self.labels = class_names(model)
         self.topk = min(topk, len(self.labels))
         width = getattr(model, 'head_hidden_size', None) or getattr(model, 'num_features')
@@ -153,7 +162,7 @@ class BatchPredictor:
         :attr:`columns`, ``error`` ('' or why the file could not be read: then labels are '', indices -1 and
         probabilities NaN) and, with ``embeddings``, ``embedding`` (NaN for a failed file)."""
         paths = [str(p) for p in batch['path']]
-        decoded = [decode(p, self.transform) for p in paths]
+        decoded = [decode(p, self.transform, self.decode_size) for p in paths]
         blank = {c: '' if c.startswith('label') else -1 if c.startswith('index') else float('nan')
                  for c in self.columns}
         rows = [dict(blank, path=p, error=reason) for p, (_, reason) in zip(paths, decoded)]

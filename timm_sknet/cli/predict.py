@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         calibration = calibration_images(model, args, data_config(model, args.img_size)['input_size'])
         predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
-                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration)
+                                   topk=args.topk, embeddings=embeddings is not None, calibration=calibration,
+                                   full_decode=args.full_decode)
         say_what_runs(predictor.model)
         sink = (PredictionFiles(output, predictor.columns, embeddings, predictor.embedding_size) if output
                 else Printer(predictor.topk))
@@ -71,6 +72,9 @@ def add_parser(sub: SubParsers) -> None:
                    help='write rows to FILE (.csv or .jsonl): path, then label_i, index_i, probability_i of the top k')
     p.add_argument('--embeddings', metavar='FILE', default=None,
                    help="also write each image's pre_logits to FILE (.npy or .safetensors), row i = output row i")
+    p.add_argument('--full-decode', action='store_true',
+                   help='decode JPEGs in full (default: at the smallest DCT scale still at least the size the '
+                        'transform resizes to, several times faster)')
     p.add_argument('--resume', action='store_true',
                    help='continue an interrupted run of the same command: only images without a row or error yet')
     add_runtime_args(p, default_backend='eager')

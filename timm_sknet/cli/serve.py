@@ -31,6 +31,7 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     """The app ``timm-sknet serve`` runs, from its parsed options: the model loaded, optimized, then served."""
     from timm.data import create_transform
 
+    from ..data.images import decode_size
     from ..serving.app import create_app
     args = argparse.Namespace(**options)
     torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
@@ -41,7 +42,8 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     # /embed runs the plain model (an optimized one gives logits only); fp32 eager, the model's weights once more
     return create_app(fast, transform=create_transform(**config), labels=class_names(model), topk=args.topk,
                       concurrency=args.concurrency, max_queue=args.max_queue, embedder=model,
-                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
+                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels,
+                      decode_size=decode_size(config))
 
 
 def serve_app_from_environment() -> 'FastAPI':

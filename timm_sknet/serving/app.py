@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..data.images import ImageError, read_image
+from ..data.images import decode_size as size_to_decode  # create_app's argument has the name
 from ..data.labels import class_names, wordnet_ids
 from .metrics import Metrics
 from .schema import Embedding, Health, Predictions, Problem, Readiness
@@ -166,9 +167,11 @@ class Service:
     """What the endpoints share: the model and its preprocessing, the classes, the limits, the admission."""
 
     def __init__(self, model: nn.Module, transform: Callable, labels: List[str], wordnet: Sequence[Optional[str]],
-                 embed: Optional[Callable], admission: Admission, max_upload_bytes: int, max_pixels: int):
+                 embed: Optional[Callable], admission: Admission, max_upload_bytes: int, max_pixels: int,
+                 decode_size: Optional[Tuple[int, int]]):
         self.model, self.transform, self.labels, self.wordnet, self.embed = model, transform, labels, wordnet, embed
         self.admission, self.max_upload_bytes, self.max_pixels = admission, max_upload_bytes, max_pixels
+        self.decode_size = decode_size
 
     def preprocess(self, data: bytes) -> torch.Tensor:
         from fastapi import HTTPException
@@ -176,7 +179,7 @@ class Service:
             raise HTTPException(400, f'empty upload: send the image as the request body or as the multipart field '
                                      f'{FIELD!r}')
         try:  # ImageTooLarge's message is the limit's own
-            return self.transform(read_image(data, self.max_pixels))[None]
+            return self.transform(read_image(data, self.max_pixels, self.decode_size))[None]
         except ImageError as e:  # not an image, truncated, or over max_pixels
             raise HTTPException(422, str(e)) from None
 
@@ -262,8 +265,8 @@ def _operator_routes(app: 'fastapi.FastAPI', service: Service, metrics: Metrics)
 def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels: Optional[Sequence[str]] = None,
                topk: int = 5, concurrency: int = 1, max_queue: int = DEFAULT_MAX_QUEUE,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               embedder: Optional[nn.Module] = None, wordnet: Optional[Sequence[Optional[str]]] = None
-               ) -> 'fastapi.FastAPI':
+               embedder: Optional[nn.Module] = None, wordnet: Optional[Sequence[Optional[str]]] = None,
+               decode_size: Optional[Tuple[int, int]] = None) -> 'fastapi.FastAPI':
     """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
 
     Args:
@@ -278,18 +281,24 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
         embedder: the timm model ``/embed`` runs (default: ``model`` if it is a timm model; an ``optimize`` result
             gives logits only, so pass the model it was built from, or ``/embed`` answers 501).
         wordnet: WordNet ids by index (default: the model's, for an ImageNet model; else null).
+        decode_size: (width, height) a JPEG upload is decoded to at least, at the smallest DCT scale that covers it
+            (:func:`timm_sknet.data.images.decode_size` of the transform's data config); default: that of the
+            model's own eval transform where ``transform`` is not given, else None (decoded in full).
     """
     from fastapi import FastAPI
 
     for name, value, least in (('concurrency', concurrency, 1), ('topk', topk, 1), ('max_queue', max_queue, 0)):
         if value < least:
             raise ValueError(f'{name} must be >= {least}, got {value}')
+    if transform is None and decode_size is None and getattr(model, 'pretrained_cfg', None) is not None:
+        from timm.data import resolve_data_config
+        decode_size = size_to_decode(resolve_data_config(model=model))
     transform, labels = _classes(model, transform, labels)
     if wordnet is None:
         wordnet = wordnet_ids(embedder if embedder is not None else model) or [None] * len(labels)
     metrics = Metrics()
     service = Service(model, transform, labels, wordnet, _embedder(model, embedder),
-                      Admission(concurrency, max_queue, metrics), max_upload_bytes, max_pixels)
+                      Admission(concurrency, max_queue, metrics), max_upload_bytes, max_pixels, decode_size)
     app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1], lifespan=service.lifespan)
     _observe(app, metrics)
     _model_routes(app, service, topk)
