@@ -24,7 +24,6 @@ from ..inference import optimize
 __all__ = ['Batch', 'BatchPredictor', 'ImageFiles', 'collate', 'decode', 'image_batches']
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # decoding, in DataLoader workers or Ray actors
 # ---------------------------------------------------------------------------------------------------------
