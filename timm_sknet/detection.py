@@ -16,7 +16,6 @@ torchvision is needed only here (``pip install timm-sknet[detection]``); ``impor
 imports this module.
 """
 import warnings
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -68,9 +67,10 @@ class FeaturePyramidBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         features = self.body(x)
-        if isinstance(features, dict):
-            features = list(features.values())
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+        if not torch.jit.is_scripting():  # TorchScript compiles only the list route (feature_cls='list')
+            if isinstance(features, dict):  # feature_cls='dict'
+                features = list(features.values())
+        return self.fpn({str(i): f for i, f in enumerate(features)})
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the body's stages in backward instead of storing their activations."""

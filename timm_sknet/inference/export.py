@@ -12,13 +12,13 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..file_io import atomic_file
-from .outputs import output_names, relative_error, restore
+from .outputs import as_list, output_names, relative_error, restore
 
 __all__ = [
     'MIN_ONNX_OPSET', 'export_onnx', 'export_torchscript', 'onnx_relative_error',
@@ -87,13 +87,15 @@ def export_onnx(
         batch_size: int = 1,
         opset: int = MIN_ONNX_OPSET,
         dynamic_batch: bool = True,
+        dynamic_size: bool = False,
         verify: bool = True,
         rtol: float = 1e-4,
 ) -> Path:
     """Export ``model`` (plain, or fused by ``timm_sknet.inference.fuse_model``) to an ONNX file.
 
     A classifier has one output, ``output``; a ``features_only`` model one per feature map, ``feature_0``
-    to ``feature_{n-1}``. The input is ``input``.
+    to ``feature_{n-1}``; a feature pyramid (:func:`timm_sknet.detection.sknet_fpn_backbone`) one per level,
+    ``feature_0`` ... ``feature_pool``. The input is ``input``.
 
     Args:
         model: the model; exported from an eval-mode copy.
@@ -102,8 +104,11 @@ def export_onnx(
         batch_size: batch of the example input used for tracing.
         opset: ONNX opset, at least :data:`MIN_ONNX_OPSET`.
         dynamic_batch: make the batch dimension symbolic.
-        verify: run the file with onnxruntime (CPU) on a different batch size and compare with PyTorch;
-            raises ``RuntimeError`` if the largest difference exceeds ``rtol`` times the largest output.
+        dynamic_size: make height and width symbolic too (input and feature maps), for detectors and any
+            input size; the model must accept any size (timm's convnets do).
+        verify: run the file with onnxruntime (CPU) on a different batch size (and, with ``dynamic_size``, an
+            odd size as well) and compare with PyTorch; raises ``RuntimeError`` if the largest difference
+            exceeds ``rtol`` times the largest output.
         rtol: tolerance of the check, relative to the largest |output|.
 
     Returns:
@@ -119,8 +124,9 @@ def export_onnx(
     export_model = _eval_copy(model)
     x = _example_input(export_model, size, batch_size)
     with torch.inference_mode():
-        names = output_names(export_model(x))
-    axes = {n: {0: 'batch'} for n in ['input', *names]} if dynamic_batch else None
+        example = export_model(x)
+    names = output_names(example)
+    axes = _dynamic_axes(names, as_list(example), dynamic_batch, dynamic_size)
     with _atomic_path(path, '.onnx') as tmp:
         with warnings.catch_warnings():
             # the dynamo exporter would need onnxscript; the TorchScript-based one is exact here
@@ -132,13 +138,29 @@ def export_onnx(
                 output_names=names, dynamic_axes=axes, do_constant_folding=True)
         onnx.checker.check_model(str(tmp))
         if verify:
-            xv = _example_input(export_model, size, batch_size + 1 if dynamic_batch else batch_size, seed=1)
-            error = onnx_relative_error(tmp, export_model, xv)
-            if error > rtol:
-                raise RuntimeError(
-                    f'ONNX export differs from PyTorch by {error:.3g} of the largest output (> rtol {rtol:g}); '
-                    f'nothing was written to {path}')
+            checked = [size, (size[0], size[1] + 33, size[2] + 17)] if dynamic_size else [size]
+            for n, (c, h, w) in enumerate(checked):
+                xv = _example_input(export_model, (c, h, w), batch_size + 1 if dynamic_batch else batch_size, n + 1)
+                error = onnx_relative_error(tmp, export_model, xv)
+                if error > rtol:
+                    raise RuntimeError(
+                        f'ONNX export differs from PyTorch at {h}x{w} by {error:.3g} of the largest output '
+                        f'(> rtol {rtol:g}); nothing was written to {path}')
     return Path(path)
+
+
+def _dynamic_axes(names: Sequence[str], outputs: Sequence[torch.Tensor], batch: bool,
+                  size: bool) -> Optional[Dict[str, Dict[int, str]]]:
+    """torch.onnx's ``dynamic_axes``: the batch, and with ``size`` the height and width of the input and of every
+    feature map (each output its own names: a map's size follows the input's through strided convs and pools)."""
+    if not (batch or size):
+        return None
+    axes: Dict[str, Dict[int, str]] = {}
+    for name, ndim in (('input', 4), *((n, o.dim()) for n, o in zip(names, outputs))):
+        axes[name] = {0: 'batch'} if batch else {}
+        if size and ndim == 4:
+            axes[name].update({2: f'{name}_height', 3: f'{name}_width'})
+    return axes
 
 
 def export_torchscript(
