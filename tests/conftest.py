@@ -1,11 +1,21 @@
-"""Shared test setup: deterministic seeds and a guard that no test reaches a host other than loopback."""
+"""Shared test setup: an environment that is the suite's, not its caller's; deterministic seeds; and a guard that no
+test reaches a host other than loopback."""
 import os
 
 import pytest
+from left_out import LEFT_OUT  # noqa: F401  (reads TIMM_SKNET_TESTS_WITHOUT, the suite's own setting, first)
 
+#: Variables of the caller that change what the code under test does (timm-sknet's own settings, the Hub client's
+#: endpoint, cache, offline mode and token, XDG cache folders): the suite runs without them, as on a fresh machine,
+#: whatever the caller set. Removed here, before torch, huggingface_hub or timm_sknet is imported (they read
+#: some at import), and so also from every child process the tests start. Thread counts (OMP_NUM_THREADS, ...)
+#: stay: they change how fast the suite runs, never what it checks.
+CALLERS_SETTINGS = ('TIMM_SKNET_', 'HF_', 'XDG_')
+for _name in [name for name in os.environ if name.startswith(CALLERS_SETTINGS)]:
+    del os.environ[_name]
 # The Hub client reads these once at import; make sure no test can talk to the real Hub.
-os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
-os.environ.setdefault('HF_HUB_DISABLE_IMPLICIT_TOKEN', '1')
+os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
+os.environ['HF_HUB_DISABLE_IMPLICIT_TOKEN'] = '1'
 
 import torch  # noqa: E402
 from loopback_guard import sitecustomize as loopback_guard  # noqa: E402

@@ -129,6 +129,21 @@ def test_the_path_check_finds_paths_in_prose():
                                    'benchmarks/results']
 
 
+def _headings(page: Path) -> set:
+    """The headings of a markdown page as a reader sees them (no #, no backticks), code blocks left out."""
+    text = re.sub(r'```.*?```', '', page.read_text(encoding='utf-8'), flags=re.S)
+    return {line.lstrip('#').strip().replace('`', '') for line in text.splitlines() if re.match(r'#+ ', line)}
+
+
+def test_the_sections_pyproject_comments_point_at_exist():
+    comments = ' '.join(line.split('#', 1)[1] for line in (REPO / 'pyproject.toml').read_text().splitlines()
+                        if '#' in line)
+    references = re.findall(r'\b(README|docs/[\w-]+\.md) "([^"]+)"', ' '.join(comments.split()))
+    assert len(references) >= 3
+    for page, section in references:
+        assert section in _headings(REPO / (page + '.md' if page == 'README' else page)), (page, section)
+
+
 @pytest.mark.parametrize('page', ['README.md', 'docs/models.md'])
 def test_the_model_table_is_what_timm_sknet_list_prints(page):
     from timm_sknet.cli.list_models import model_table

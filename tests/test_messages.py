@@ -14,7 +14,6 @@ import timm
 
 from timm_sknet import WeightsError
 from timm_sknet.cli import build_parser, main
-from timm_sknet.cli.help_format import default_text
 
 PYTHON_WORDS = ('pretrained_cfg_overlay', 'pretrained=False', 'timm.create_model(')
 
@@ -27,9 +26,19 @@ def _parsers(parser: argparse.ArgumentParser):
                 yield from _parsers(sub)
 
 
-def test_every_help_is_plain_text_and_shows_every_options_default():
+def _as_typed(action: argparse.Action, shown: str):
+    """What the parser makes of ``shown`` typed after the option: the value a stated default must equal."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return {'on': True, 'off': False}.get(shown, shown)
+    values = [(action.type or str)(token) for token in shown.split()]
+    return values if action.nargs not in (None, '?') else values[0]
+
+
+def test_every_help_is_plain_text_and_shows_every_options_real_default(monkeypatch):
+    monkeypatch.setenv('COLUMNS', '1000')  # argparse wraps to the terminal: one line per option's help
     parsers = list(_parsers(build_parser()))
     assert {p.prog.split()[-1] for p in parsers} >= {'timm-sknet', 'list', 'convert', 'train', 'convert-caffe'}
+    checked = 0
     for parser in parsers:
         text = parser.format_help()
         assert not re.search(r'``|:(func|class|mod|meth):`', text), parser.prog
@@ -37,11 +46,21 @@ def test_every_help_is_plain_text_and_shows_every_options_default():
         for action in parser._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
                 continue
-            shown = formatter._expand_help(action)
-            assert 'default' in shown.lower(), f'{parser.prog} {action.option_strings}: {shown}'
-            written = re.search(r'\(default: ([^;)]+)[;)]', shown)
-            if written and action.default is not None:   # a default written by hand must be the real one
-                assert written.group(1) == default_text(action), f'{parser.prog} {action.option_strings}'
+            where = f'{parser.prog} {"/".join(action.option_strings)}'
+            invocation = formatter._format_action_invocation(action)
+            shown = re.search(rf'^  {re.escape(invocation)}[ \n]+(.*)$', text, re.MULTILINE).group(1)
+            stated = re.search(r'\(default: ([^;)]+)[;)]', shown)
+            if action.required:
+                assert 'default' not in shown.lower(), f'{where} is required, yet its help says: {shown}'
+                continue
+            assert stated or 'default' in shown.lower(), f'{where} shows no default: {shown!r}'
+            if stated and stated.group(1) == 'none':
+                assert not action.default, f'{where} says "default: none", but it is {action.default!r}'
+            elif stated and action.default is not None:  # written by the formatter or by hand: the real one
+                assert _as_typed(action, stated.group(1)) == (
+                    list(action.default) if isinstance(action.default, tuple) else action.default), where
+                checked += 1
+    assert checked > 50
 
 
 def test_the_formatter_writes_the_real_default_and_strips_markup():

@@ -7,6 +7,7 @@ ephemeral port and are stopped by the tests, each within a time bound.
 """
 import io
 import os
+import signal
 import struct
 import threading
 import time
@@ -171,18 +172,25 @@ def test_an_image_at_the_limits_is_served(strict_server):
         assert response.status_code == 200, response.text
         health = http.get(f'{strict_server}/health').json()
     assert health['status'] == 'ok' and health['classes'] == 6 and health['concurrency'] == 1
+    assert httpx2.get(f'{strict_server}/ready').json() == {'ready': True, 'status': 'ready'}
 
 
-def test_the_command_line_serves_from_worker_processes_and_stops_on_sigint(reference, model):
+@pytest.mark.slow  # two worker processes import torch and build a model each: tens of seconds on a busy machine
+def test_the_command_line_serves_from_workers_that_start_once_and_stop_on_sigterm(reference, model):
     arguments = ['--model', MODEL, '--pretrained', '--backend', 'eager', '--workers', '2']
-    with serving_process(arguments, env=child_environment(dict(os.environ)), timeout=120) as url:
+    log = []
+    with serving_process(arguments, env=child_environment(dict(os.environ)), timeout=300, log=log,
+                         stop=signal.SIGTERM) as url:
         with httpx2.Client(timeout=60) as http:
             for path in SAMPLES[:4]:
                 assert_answer(post(http, url, path), reference[path.name], class_names(model))
-    # leaving the block interrupted it, and raised unless it ended with status 0 within 30 s
+    # leaving the block sent SIGTERM, and raised unless it ended with status 0
+    text = ''.join(log)
+    assert 'died' not in text and 'not ready in time' not in text, text
+    assert text.count('timm-sknet: eager at fp32') == 2, text  # one model a worker, none in the parent
 
 
-@pytest.mark.parametrize('flag', ['--workers', '--concurrency', '--max-pixels'])
+@pytest.mark.parametrize('flag', ['--workers', '--concurrency', '--max-pixels', '--worker-timeout'])
 def test_serve_refuses_a_count_below_one(capsys, flag):
     assert main(['serve', flag, '0']) == 2
     assert f'{flag} must be >= 1, got 0' in capsys.readouterr().err

@@ -22,10 +22,11 @@ __all__ = ['Load', 'ServeRunner', 'load_clients', 'serving_process']
 
 
 @contextlib.contextmanager
-def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = None,
-                    timeout: float = 300) -> Iterator[str]:
-    """``timm-sknet serve ARGUMENTS --port 0`` in a child process; yields its URL once a worker answers, then
-    interrupts it (SIGINT, as Ctrl+C). Raises RuntimeError if it does not start, or does not end cleanly."""
+def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: float = 300,
+                    log: Optional[List[str]] = None, stop: int = signal.SIGINT) -> Iterator[str]:
+    """``timm-sknet serve ARGUMENTS --port 0`` in a child process; yields its URL once it is ready, then stops it
+    with ``stop`` (SIGINT, as Ctrl+C; SIGTERM, as a process manager). Its stderr lines are appended to ``log``.
+    Raises RuntimeError if it does not start, or does not end cleanly."""
     import httpx2
     proc = subprocess.Popen([sys.executable, '-m', 'timm_sknet', 'serve', *arguments, '--port', '0'],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -37,32 +38,36 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
         lines.put(None)
     threading.Thread(target=read, args=(proc.stderr,), daemon=True).start()
     try:
-        deadline, log = time.monotonic() + timeout, ['']
-        while 'Uvicorn running on' not in log[-1]:  # printed once it has bound the port
+        deadline, seen = time.monotonic() + timeout, log if log is not None else []
+        seen.append('')
+        while 'Uvicorn running on' not in seen[-1]:  # printed once it has bound the port
             try:
                 line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 line = None
             if line is None:  # it ended (its log is whole), or the time is up
                 waited = f' within {timeout:.0f} s' if time.monotonic() > deadline else ''
-                raise RuntimeError(f'timm-sknet serve did not start{waited}:\n' + ''.join(log))
-            log.append(line)
-        url = log[-1].split('Uvicorn running on ', 1)[1].split()[0]
-        while True:  # with --workers, each worker listens once it has built its model
+                raise RuntimeError(f'timm-sknet serve did not start{waited}:\n' + ''.join(seen))
+            seen.append(line)
+        url = seen[-1].split('Uvicorn running on ', 1)[1].split()[0]
+        while True:  # with --workers, each worker listens once it has built and warmed its model
             with contextlib.suppress(httpx2.TransportError):
-                if httpx2.get(f'{url}/health', timeout=timeout).status_code == 200:
+                if httpx2.get(f'{url}/ready', timeout=timeout).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f'timm-sknet serve bound {url} but no worker answered')
             time.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise RuntimeError('timm-sknet serve did not stop within 30 s of SIGINT') from None
+            raise RuntimeError(f'timm-sknet serve did not stop within 60 s of {signal.Signals(stop).name}') from None
+        with contextlib.suppress(queue.Empty):  # the rest of its log, to its end
+            while (line := lines.get(timeout=5)) is not None:
+                seen.append(line)
     if proc.returncode != 0:
         raise RuntimeError(f'timm-sknet serve ended with status {proc.returncode}')
 

@@ -33,6 +33,16 @@ def add_model_args(p: argparse.ArgumentParser, default: str = 'sknet50', pretrai
                    help='local weights: .safetensors, or .pth/.pth.tar/.bin (read with weights_only=True)')
 
 
+def check_model_name(name: str) -> None:
+    """Raise CLIError, with the names there are, for a model timm does not know (checked without building it)."""
+    from timm.models import split_model_name_tag
+    arch, _ = split_model_name_tag(name)
+    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(arch):
+        raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
+                       f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"}), '
+                       "or a Hub repo as 'hf-hub:org/repo', or an exported folder as 'local-dir:/path/to/folder'")
+
+
 def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = None, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` in eval mode, or the model a local ``checkpoint`` fits, loaded strictly.
 
@@ -42,12 +52,7 @@ def load_model(name: str, pretrained: bool = False, checkpoint: Optional[str] = 
         FileNotFoundError: the checkpoint does not exist.
         WeightsError: pretrained weights could not be provided.
     """
-    from timm.models import split_model_name_tag
-    arch, _ = split_model_name_tag(name)
-    if not name.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(arch):
-        raise CLIError(f'unknown model {name!r}; choose one of {", ".join(timm.list_models("sknet*"))} '
-                       f'(pretrained tags: {", ".join(timm.list_pretrained("sknet*")) or "none"}), '
-                       "or a Hub repo as 'hf-hub:org/repo', or an exported folder as 'local-dir:/path/to/folder'")
+    check_model_name(name)
     if checkpoint is not None:
         model = model_from_checkpoint(checkpoint, name, **kwargs)
     else:

@@ -11,7 +11,8 @@ from .arguments import CLIError, SubParsers
 
 def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     """The runner's keyword arguments from the command line (each runner takes its own)."""
-    from ..bench.runners import OUR_PATHS, ConcurrencyRunner
+    from ..bench.concurrency import ConcurrencyRunner
+    from ..bench.inference import OUR_PATHS
     if args.what == 'serve':
         return dict(our_model=args.model or 'sknet50', backend='eager' if args.backend == 'all' else args.backend,
                     image_size=args.image_size, quick=args.quick)
@@ -32,7 +33,7 @@ def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.runners import RUNNERS, int8_accuracy, markdown, write_report
+    from ..bench import RUNNERS, int8_accuracy, markdown, write_report
     if args.out and not Path(args.out).parent.is_dir():
         raise FileNotFoundError(f'folder {Path(args.out).parent} does not exist; create it or choose another --out')
     if args.threads:

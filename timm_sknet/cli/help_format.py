@@ -4,6 +4,7 @@ Every parser of ``timm-sknet`` is a :class:`Parser`; ``add_subparsers`` makes su
 so a subcommand added with ``sub.add_parser(...)`` gets the same help without doing anything.
 """
 import argparse
+import copy
 import re
 from typing import Any
 
@@ -24,7 +25,7 @@ def default_text(action: argparse.Action) -> str:
     """An option's default as a user types or reads it: on / off for flags, none, or the value(s)."""
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return 'on' if action.default else 'off'
-    if action.default is None:
+    if action.default is None or (isinstance(action.default, (dict, list, tuple)) and not action.default):
         return 'none'
     if isinstance(action.default, (list, tuple)):
         return ' '.join(str(v) for v in action.default)
@@ -32,15 +33,24 @@ def default_text(action: argparse.Action) -> str:
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Plain text, and ``(default: ...)`` after every option whose help does not already say its default."""
+    """Plain text, and ``(default: ...)`` after every optional option whose help does not already say its default
+    (a required option has none to show)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings:
+            # argparse prints no help column at all for an option without help text: give it one, its default
+            action = copy.copy(action)
+            action.help = ''
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = plain_text(action.help or '')
+        text = plain_text(action.help or '').strip()
         shown = 'default' in text.lower() or action.default is argparse.SUPPRESS
         positional_without_default = not action.option_strings and action.default is None
-        if shown or positional_without_default or isinstance(action, argparse._SubParsersAction):
+        if shown or positional_without_default or action.required or isinstance(action, argparse._SubParsersAction):
             return text
-        return f'{text} (default: {default_text(action)})'.replace('%', '%%').replace('%%(', '%(')
+        return f'{text} (default: {default_text(action)})'.strip().replace('%', '%%').replace('%%(', '%(')
 
     def _format_text(self, text: str) -> str:
         return super()._format_text(plain_text(text))

@@ -17,8 +17,10 @@ from .arguments import (
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch.output import PredictionFiles, Printer, check_paths, run_bulk
-    from ..batch.predictor import BatchPredictor, find_images
+    from ..batch.finding import find_images
+    from ..batch.output import PredictionFiles, Printer, check_paths
+    from ..batch.predictor import BatchPredictor
+    from ..batch.run import run_bulk
     from ..inference import BackendUnavailable, OptimizationError
 
     if args.topk < 1 or args.batch_size < 1 or args.workers < 0:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: SubParsers) -> None:
-    from ..batch.predictor import IMAGE_EXTENSIONS
+    from ..batch.finding import IMAGE_EXTENSIONS
     p = sub.add_parser(
         'predict', help='top-k classes of image files, folders, globs or a file list (printed, or CSV/JSONL)',
         description='Top-k classes of every image named: printed, or written to --output FILE. A file that cannot be '

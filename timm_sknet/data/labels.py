@@ -1,10 +1,10 @@
 """A classifier's outputs as people read them: class names, and the top-k classes with their probabilities."""
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ['class_names', 'top_k']
+__all__ = ['class_names', 'top_k', 'wordnet_ids']
 
 
 def class_names(model: nn.Module) -> List[str]:
@@ -19,6 +19,17 @@ def class_names(model: nn.Module) -> List[str]:
     if labels and len(labels) == num_classes:
         return [str(x) for x in labels]
     return [f'class {i}' for i in range(num_classes)]
+
+
+def wordnet_ids(model: nn.Module) -> Optional[List[str]]:
+    """The WordNet id of each class ('n01440764', ...) for a model of an ImageNet subset, by timm's own guess from
+    its class count; None for any other model."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    subset = infer_imagenet_subset(model) if getattr(model, 'num_classes', 0) else None
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    return [info.index_to_label_name(i) for i in range(info.num_classes())]
 
 
 def top_k(model: nn.Module, x: torch.Tensor, labels: Sequence[str], k: int = 5) -> List[List[Dict[str, Any]]]:

@@ -13,7 +13,7 @@ already, so ``timm.list_models(module='sknets')`` lists exactly this family.
 | sknet50    | ResNeXt-50 32x4d, SKBottleneck  | 3-4-6-3  | paper: 3x3 + 3x3 dil 2, d = max(C/16, 32) |
 | sknet101   | ResNeXt-101 32x4d, SKBottleneck | 3-4-23-3 | paper                                     |
 | sknet152   | ResNeXt 32x4d, SKBottleneck     | 3-8-36-3 | paper                                     |
-| sknet_tiny | sknet18 at 1/4 width            | 2-2-2-2  | as sknet18; ships with weights (synthetic)|
+| sknet_tiny | sknet18, stages at 1/4 width    | 2-2-2-2  | as sknet18; ships with weights (synthetic)|
 | sknet50_caffe  | the authors' Caffe SKNet-50  | 3-4-6-3  | paper; Caffe's stem pooling               |
 | sknet101_caffe | the authors' Caffe SKNet-101 | 3-4-23-3 | paper, but d = 16 in the second stage; Caffe's stem pooling |
 
@@ -319,7 +319,7 @@ def sknet34(pretrained: bool = False, **kwargs: Any) -> SKNet:
 
 @register_model
 def sknet_tiny(pretrained: bool = False, **kwargs: Any) -> SKNet:
-    """sknet18 at a quarter of the width (stages 16-32-64-128): 0.74M params, for small images.
+    """A narrow sknet18, its stages a quarter as wide (stages 16-32-64-128): 0.74M params, for small images.
 
     The stem conv stays 64 wide: timm's plain ResNet stem ignores ``stem_width`` (only deep stems use it),
     and the embedded weights were trained that way.
@@ -365,7 +365,7 @@ def sknet50_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
 def sknet101_caffe(pretrained: bool = False, **kwargs: Any) -> SKNet:
     """The authors' Caffe SKNet-101: sknet101 with Caffe's stem pooling and d = 16 in the second stage.
 
-    The rule d = max(C / 16, 32) gives 32 there; the published model uses 16 (48.69 M parameters).
+    The paper's rule gives 32 there; the published model uses 16 (48.69 M parameters).
     Weights: convert the authors' caffemodel with ``timm-sknet convert-caffe``; ``pretrained=True`` says how.
     """
     model_args = dict(

@@ -40,10 +40,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument('--data-dir', default=None,
                    help='ImageFolder root with train/ and validation/ (or val/) class folders; '
                         'omit to train on the built-in synthetic shapes')
-    g.add_argument('--train-split', default='train')
-    g.add_argument('--val-split', default='validation')
-    g.add_argument('--synthetic-train-size', type=int, default=8000)
-    g.add_argument('--synthetic-val-size', type=int, default=1000)
+    g.add_argument('--train-split', default='train', help='training folder under --data-dir')
+    g.add_argument('--val-split', default='validation', help='validation folder under --data-dir')
+    g.add_argument('--synthetic-train-size', type=int, default=8000, help='synthetic training images per epoch')
+    g.add_argument('--synthetic-val-size', type=int, default=1000, help='synthetic validation images')
     g.add_argument('--synthetic-classes', type=int, default=len(CLASSES), help=f'2..{len(CLASSES)} shapes')
     g.add_argument('--synthetic-seed', type=int, default=0, help='seed of the synthetic images')
     g.add_argument('--synthetic-scale-range', type=float, nargs=2, default=DEFAULT_SCALE_RANGE, metavar=('MIN', 'MAX'),
@@ -52,8 +52,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                    help=f'input size (default: the model\'s pretrained_cfg; {SYNTHETIC_IMG_SIZE} for synthetic data)')
     g.add_argument('--crop-pct', type=float, default=None, help='eval centre-crop fraction (synthetic: 1.0)')
     g.add_argument('--interpolation', default=None, help='resize interpolation (default: the model\'s)')
-    g.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
-    g.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'))
+    g.add_argument('--mean', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'),
+                   help='normalisation mean (default: the model\'s)')
+    g.add_argument('--std', type=float, nargs=3, default=None, metavar=('R', 'G', 'B'),
+                   help='normalisation std (default: the model\'s)')
     g.add_argument('--workers', type=int, default=1, help='data loader worker processes per training process')
 
 
@@ -74,7 +76,7 @@ def _add_augmentation_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_optimisation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group('optimisation')
-    g.add_argument('--epochs', type=int, default=10)
+    g.add_argument('--epochs', type=int, default=10, help='training epochs')
     g.add_argument('--batch-size', '-b', type=int, default=64, help='batch size per process')
     g.add_argument('--opt', default='adamw', help='any timm optimizer name (default: adamw)')
     g.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
