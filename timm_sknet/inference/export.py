@@ -43,7 +43,7 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
 
 @contextmanager
-def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
+def atomic_export_path(path: PathLike, suffix: str) -> Iterator[Path]:
     """Yield a temporary path in the destination's folder; rename it to ``path`` only on success."""
     dest = Path(path)
     if dest.is_dir():
@@ -54,7 +54,8 @@ def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
         yield tmp
 
 
-def _eval_copy(model: nn.Module) -> nn.Module:
+def eval_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode without gradients, so an export leaves the caller's model as it was."""
     if not isinstance(model, nn.Module):
         raise TypeError(f'expected a torch.nn.Module, got {type(model).__name__}')
     return copy.deepcopy(model).eval().requires_grad_(False)
@@ -70,7 +71,7 @@ def _example_input(model: nn.Module, input_size: Sequence[int], batch_size: int,
 def onnx_relative_error(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
     """max |onnxruntime(path)(x) - model(x)| / max |model(x)| over every output (model run in eval mode)."""
     import onnxruntime as ort
-    ref_model = _eval_copy(model)
+    ref_model = eval_copy(model)
     with torch.inference_mode():
         ref = ref_model(x)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
@@ -121,13 +122,13 @@ def export_onnx(
     import onnx  # (fail early, with the package name, if the extra is missing)
 
     size = resolve_input_size(model, input_size)
-    export_model = _eval_copy(model)
+    export_model = eval_copy(model)
     x = _example_input(export_model, size, batch_size)
     with torch.inference_mode():
         example = export_model(x)
     names = output_names(example)
     axes = _dynamic_axes(names, as_list(example), dynamic_batch, dynamic_size)
-    with _atomic_path(path, '.onnx') as tmp:
+    with atomic_export_path(path, '.onnx') as tmp:
         with warnings.catch_warnings():
             # the dynamo exporter would need onnxscript; the TorchScript-based one is exact here
             warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
@@ -179,12 +180,12 @@ def export_torchscript(
     if method not in ('script', 'trace'):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
     size = resolve_input_size(model, input_size)
-    export_model = _eval_copy(model)
+    export_model = eval_copy(model)
     x = _example_input(export_model, size, 2)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit.*deprecated.*')
         scripted = torch.jit.script(export_model) if method == 'script' else torch.jit.trace(export_model, x)
-        with _atomic_path(path, '.pt') as tmp:
+        with atomic_export_path(path, '.pt') as tmp:
             scripted.save(str(tmp))
             if verify:
                 loaded = torch.jit.load(str(tmp), map_location=x.device)
