@@ -8,7 +8,8 @@ Layout (dependencies point one way, checked by import-linter contracts in pyproj
     cli
      -> serving | batch | training | bench | analysis | caffe      (the packages built on the models)
      -> data                                                       (images, labels, synthetic shapes)
-     -> inference | detection                                      (optimize / export, detector backbones)
+     -> detection                                                  (detector backbones and their export)
+     -> inference                                                  (optimize, export)
      -> models
      -> hub | layers
      -> errors | file_io | progress

@@ -12,12 +12,15 @@ and gradient checkpointing::
     backbone = sknet_fpn_backbone('sknet50', pretrained=True, trainable_layers=3)
     detector = FasterRCNN(backbone, num_classes=91)
 
+:func:`export_detector_onnx` writes a whole detector (backbone, RPN or heads, box post-processing) as one ONNX
+file that takes an image of any size.
+
 torchvision is needed only here (``pip install timm-sknet[detection]``); ``import timm_sknet`` never
 imports this module.
 """
 import warnings
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -26,7 +29,9 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 import timm
 from timm.layers import freeze_batch_norm_2d
 
-__all__ = ['FeaturePyramidBackbone', 'sknet_fpn_backbone']
+from .inference.export import MIN_ONNX_OPSET, PathLike, atomic_export_path, eval_copy
+
+__all__ = ['FeaturePyramidBackbone', 'export_detector_onnx', 'run_detector_onnx', 'sknet_fpn_backbone']
 
 # the body's top-level modules per pyramid level, stem first (as torchvision's trainable_layers counts them)
 _LEVEL_MODULES = (('conv1', 'bn1'), ('layer1',), ('layer2',), ('layer3',), ('layer4',))
@@ -68,9 +73,10 @@ class FeaturePyramidBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         features = self.body(x)
-        if isinstance(features, dict):
-            features = list(features.values())
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+        if not torch.jit.is_scripting():  # TorchScript compiles only the list route (feature_cls='list')
+            if isinstance(features, dict):  # feature_cls='dict'
+                features = list(features.values())
+        return self.fpn({str(i): f for i, f in enumerate(features)})
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the body's stages in backward instead of storing their activations."""
@@ -138,3 +144,43 @@ def sknet_fpn_backbone(
             if top_module(name) in frozen:
                 param.requires_grad_(False)
     return FeaturePyramidBackbone(body, out_channels=out_channels, extra_blocks=extra_blocks)
+
+
+
+def export_detector_onnx(detector: nn.Module, path: PathLike, *, image_size: Sequence[int] = (3, 320, 320),
+                         opset: int = MIN_ONNX_OPSET) -> Path:
+    """Write a torchvision detector (Faster R-CNN, RetinaNet, FCOS, ...; on :func:`sknet_fpn_backbone` or any
+    backbone) as one ONNX file whose input ``image`` is one (3, H, W) image of any H and W, in [0, 1] as the
+    detector takes it, and whose outputs are the detector's own per-image keys (``boxes``, ``labels``, ``scores``;
+    ``masks`` for Mask R-CNN), in its order.
+
+    The detector's own transform (resize to ``min_size``, normalisation) and post-processing are in the file, so it
+    answers what ``detector([image])[0]`` answers. One difference remains: ONNX's resize samples pixels with the
+    scale it is given where PyTorch recomputes it from the rounded output size, so for an image whose short side
+    is not ``min_size`` (the resize scale not 1) the inputs of the two differ by a fraction of a pixel, and scores
+    close to a tie may swap; an image already at ``min_size`` gives the same detections. Written atomically, after
+    ``onnx.checker``; compare with :func:`run_detector_onnx`.
+    """
+    import onnx  # (fail early, with the package name, if the extra is missing)
+
+    model = eval_copy(detector)
+    example = torch.rand(*image_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        names = list(model([example])[0])  # the exporter flattens the dict in its order (RetinaNet: scores first)
+    axes = {'image': {1: 'height', 2: 'width'}, **{name: {0: 'detections'} for name in names}}
+    with atomic_export_path(path, '.onnx') as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # tracer warnings on torchvision's size arithmetic, which it handles
+            torch.onnx.export(model, ([example],), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=['image'], output_names=names, dynamic_axes=axes)
+        onnx.checker.check_model(str(tmp))
+    return Path(path)
+
+
+def run_detector_onnx(path: Union[str, Path], image: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The detections of one (3, H, W) image by the file :func:`export_detector_onnx` wrote, run by onnxruntime
+    (CPU), as the detector's own ``{'boxes', 'labels', 'scores', ...}`` dict."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    outputs: List[Any] = session.run(None, {'image': image.detach().float().cpu().numpy()})
+    return {o.name: torch.from_numpy(v) for o, v in zip(session.get_outputs(), outputs)}

@@ -21,7 +21,7 @@ def _export_file(model: nn.Module, args: argparse.Namespace, input_size: Optiona
     if args.format == 'torchscript':
         return export_torchscript(model, args.out, method=args.method, input_size=input_size)
     if args.format == 'onnx':
-        return export_onnx(model, args.out, input_size=input_size, opset=args.opset)
+        return export_onnx(model, args.out, input_size=input_size, opset=args.opset, dynamic_size=args.dynamic_size)
     from ..inference.export import resolve_input_size
     from ..inference.openvino_ir import export_openvino
     size = resolve_input_size(model, input_size)
@@ -35,7 +35,14 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != 'fp32' and args.format != 'openvino':
         raise CLIError(f'--precision {args.precision} is an OpenVINO setting: use the openvino format, or fp32 '
                        f'for {args.format}')
-    model = load_model(args.model, args.pretrained, args.checkpoint)
+    if args.out_indices and not args.features_only:
+        raise CLIError('--out-indices chooses the feature maps of a --features-only backbone; add --features-only')
+    if args.dynamic_size and args.format == 'openvino':
+        raise CLIError('--dynamic-size is for onnx (TorchScript takes any size as it is); for OpenVINO, export onnx '
+                       'with --dynamic-size and read that file with ov.Core().read_model')
+    features = dict(features_only=True, **({'out_indices': tuple(args.out_indices)} if args.out_indices else {})) \
+        if args.features_only else {}
+    model = load_model(args.model, args.pretrained, args.checkpoint, **features)
     warn_random(args)
     if args.fused:
         model = fuse_model(model)
@@ -47,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f'{args.format} export needs {e.name or args.format}: pip install "timm-sknet[{extra}]"') from None
     except (BackendUnavailable, OptimizationError) as e:
         raise CLIError(str(e)) from None
-    print(f'wrote {path} ({args.format}, {args.precision}, {args.model}{", fused" if args.fused else ""}, '
-          f'checked against PyTorch)')
+    what = ''.join((', fused' if args.fused else '', ', features only' if args.features_only else '',
+                    ', any input size' if args.dynamic_size else ''))
+    print(f'wrote {path} ({args.format}, {args.precision}, {args.model}{what}, checked against PyTorch)')
     if args.format == 'openvino':
         from ..inference.openvino_ir import compile_config
         print(f"compile it as it was checked: ov.Core().compile_model('{path}/model.xml', 'CPU', "
@@ -67,5 +75,11 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
     p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')
     p.add_argument('--method', choices=('script', 'trace'), default='script', help='TorchScript method')
+    p.add_argument('--features-only', action='store_true',
+                   help="export the backbone: one output per feature map (timm's features_only), for detectors")
+    p.add_argument('--out-indices', type=int, nargs='+', default=None, metavar='I',
+                   help="with --features-only: which feature maps, 0 (stride 2) to 4 (stride 32) (default: timm's, all five)")
+    p.add_argument('--dynamic-size', action='store_true',
+                   help='onnx: any input height and width, not only --img-size (checked at a second, odd size)')
     add_runtime_args(p, default_backend=None)  # the format names the runtime
     p.set_defaults(func=run)

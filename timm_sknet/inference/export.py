@@ -12,13 +12,13 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..file_io import atomic_file
-from .outputs import output_names, relative_error, restore
+from .outputs import as_list, output_names, relative_error, restore
 
 __all__ = [
     'MIN_ONNX_OPSET', 'export_onnx', 'export_torchscript', 'onnx_relative_error',
@@ -43,7 +43,7 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
 
 
 @contextmanager
-def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
+def atomic_export_path(path: PathLike, suffix: str) -> Iterator[Path]:
     """Yield a temporary path in the destination's folder; rename it to ``path`` only on success."""
     dest = Path(path)
     if dest.is_dir():
@@ -54,7 +54,8 @@ def _atomic_path(path: PathLike, suffix: str) -> Iterator[Path]:
         yield tmp
 
 
-def _eval_copy(model: nn.Module) -> nn.Module:
+def eval_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode without gradients, so an export leaves the caller's model as it was."""
     if not isinstance(model, nn.Module):
         raise TypeError(f'expected a torch.nn.Module, got {type(model).__name__}')
     return copy.deepcopy(model).eval().requires_grad_(False)
@@ -70,7 +71,7 @@ def _example_input(model: nn.Module, input_size: Sequence[int], batch_size: int,
 def onnx_relative_error(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
     """max |onnxruntime(path)(x) - model(x)| / max |model(x)| over every output (model run in eval mode)."""
     import onnxruntime as ort
-    ref_model = _eval_copy(model)
+    ref_model = eval_copy(model)
     with torch.inference_mode():
         ref = ref_model(x)
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
@@ -87,13 +88,15 @@ def export_onnx(
         batch_size: int = 1,
         opset: int = MIN_ONNX_OPSET,
         dynamic_batch: bool = True,
+        dynamic_size: bool = False,
         verify: bool = True,
         rtol: float = 1e-4,
 ) -> Path:
     """Export ``model`` (plain, or fused by ``timm_sknet.inference.fuse_model``) to an ONNX file.
 
     A classifier has one output, ``output``; a ``features_only`` model one per feature map, ``feature_0``
-    to ``feature_{n-1}``. The input is ``input``.
+    to ``feature_{n-1}``; a feature pyramid (:func:`timm_sknet.detection.sknet_fpn_backbone`) one per level,
+    ``feature_0`` ... ``feature_pool``. The input is ``input``.
 
     Args:
         model: the model; exported from an eval-mode copy.
@@ -102,8 +105,11 @@ def export_onnx(
         batch_size: batch of the example input used for tracing.
         opset: ONNX opset, at least :data:`MIN_ONNX_OPSET`.
         dynamic_batch: make the batch dimension symbolic.
-        verify: run the file with onnxruntime (CPU) on a different batch size and compare with PyTorch;
-            raises ``RuntimeError`` if the largest difference exceeds ``rtol`` times the largest output.
+        dynamic_size: make height and width symbolic too (input and feature maps), for detectors and any
+            input size; the model must accept any size (timm's convnets do).
+        verify: run the file with onnxruntime (CPU) on a different batch size (and, with ``dynamic_size``, an
+            odd size as well) and compare with PyTorch; raises ``RuntimeError`` if the largest difference
+            exceeds ``rtol`` times the largest output.
         rtol: tolerance of the check, relative to the largest |output|.
 
     Returns:
@@ -116,12 +122,13 @@ def export_onnx(
     import onnx  # (fail early, with the package name, if the extra is missing)
 
     size = resolve_input_size(model, input_size)
-    export_model = _eval_copy(model)
+    export_model = eval_copy(model)
     x = _example_input(export_model, size, batch_size)
     with torch.inference_mode():
-        names = output_names(export_model(x))
-    axes = {n: {0: 'batch'} for n in ['input', *names]} if dynamic_batch else None
-    with _atomic_path(path, '.onnx') as tmp:
+        example = export_model(x)
+    names = output_names(example)
+    axes = _dynamic_axes(names, as_list(example), dynamic_batch, dynamic_size)
+    with atomic_export_path(path, '.onnx') as tmp:
         with warnings.catch_warnings():
             # the dynamo exporter would need onnxscript; the TorchScript-based one is exact here
             warnings.filterwarnings('ignore', message='.*legacy TorchScript-based ONNX export.*')
@@ -132,13 +139,29 @@ def export_onnx(
                 output_names=names, dynamic_axes=axes, do_constant_folding=True)
         onnx.checker.check_model(str(tmp))
         if verify:
-            xv = _example_input(export_model, size, batch_size + 1 if dynamic_batch else batch_size, seed=1)
-            error = onnx_relative_error(tmp, export_model, xv)
-            if error > rtol:
-                raise RuntimeError(
-                    f'ONNX export differs from PyTorch by {error:.3g} of the largest output (> rtol {rtol:g}); '
-                    f'nothing was written to {path}')
+            checked = [size, (size[0], size[1] + 33, size[2] + 17)] if dynamic_size else [size]
+            for n, (c, h, w) in enumerate(checked):
+                xv = _example_input(export_model, (c, h, w), batch_size + 1 if dynamic_batch else batch_size, n + 1)
+                error = onnx_relative_error(tmp, export_model, xv)
+                if error > rtol:
+                    raise RuntimeError(
+                        f'ONNX export differs from PyTorch at {h}x{w} by {error:.3g} of the largest output '
+                        f'(> rtol {rtol:g}); nothing was written to {path}')
     return Path(path)
+
+
+def _dynamic_axes(names: Sequence[str], outputs: Sequence[torch.Tensor], batch: bool,
+                  size: bool) -> Optional[Dict[str, Dict[int, str]]]:
+    """torch.onnx's ``dynamic_axes``: the batch, and with ``size`` the height and width of the input and of every
+    feature map (each output its own names: a map's size follows the input's through strided convs and pools)."""
+    if not (batch or size):
+        return None
+    axes: Dict[str, Dict[int, str]] = {}
+    for name, ndim in (('input', 4), *((n, o.dim()) for n, o in zip(names, outputs))):
+        axes[name] = {0: 'batch'} if batch else {}
+        if size and ndim == 4:
+            axes[name].update({2: f'{name}_height', 3: f'{name}_width'})
+    return axes
 
 
 def export_torchscript(
@@ -157,12 +180,12 @@ def export_torchscript(
     if method not in ('script', 'trace'):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
     size = resolve_input_size(model, input_size)
-    export_model = _eval_copy(model)
+    export_model = eval_copy(model)
     x = _example_input(export_model, size, 2)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit.*deprecated.*')
         scripted = torch.jit.script(export_model) if method == 'script' else torch.jit.trace(export_model, x)
-        with _atomic_path(path, '.pt') as tmp:
+        with atomic_export_path(path, '.pt') as tmp:
             scripted.save(str(tmp))
             if verify:
                 loaded = torch.jit.load(str(tmp), map_location=x.device)
