@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 from torch import nn
 
-__all__ = ['class_names', 'top_k']
+__all__ = ['class_names', 'class_wnids', 'top_k']
 
 
 def class_names(model: nn.Module) -> List[str]:
@@ -19,6 +19,18 @@ def class_names(model: nn.Module) -> List[str]:
     if labels and len(labels) == num_classes:
         return [str(x) for x in labels]
     return [f'class {i}' for i in range(num_classes)]
+
+
+def class_wnids(model: nn.Module) -> List[str]:
+    """The WordNet id of each class (``n01440764``, ...) of a head timm maps to an ImageNet subset by its size
+    (``timm.data.infer_imagenet_subset``: 1000 classes, 21k, 12k, ...); ``''`` for every class of any other head."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    num_classes = int(getattr(model, 'num_classes', 0) or 0)
+    subset = infer_imagenet_subset(model)
+    if subset is None:
+        return [''] * num_classes
+    info = ImageNetInfo(subset)
+    return [info.index_to_label_name(i) for i in range(num_classes)]
 
 
 def top_k(model: nn.Module, x: torch.Tensor, labels: Sequence[str], k: int = 5) -> List[List[Dict[str, Any]]]:
