@@ -160,7 +160,7 @@ def test_usage_errors_exit_2_before_anything_is_written(capsys, tmp_path, argv, 
 def test_resume_refuses_other_options_naming_each(capsys, tmp_path):
     out = tmp_path / 'p.csv'
     assert run_cli(capsys, 'predict', SAMPLES[0], *MODEL, '--topk', 2, '--output', out)[0] == 0
-    manifest = json.loads((tmp_path / 'p.manifest.json').read_text())
+    manifest = json.loads((tmp_path / 'p.csv.manifest.json').read_text())
     assert manifest['weights'] == {'pretrained': 'sknet_tiny.synthetic', 'sha256': WEIGHTS_SHA256}
     assert manifest['topk'] == 2 and manifest['embeddings'] is None and manifest['input_size'] == [3, 64, 64]
     rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--topk', 3, '--output', out, '--resume',
@@ -178,10 +178,10 @@ def test_resume_refuses_other_options_naming_each(capsys, tmp_path):
     rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--output', out, '--resume')
     assert rc == 2 and f'embeddings "{tmp_path / "f.npy"}" -> null' in err, err
     # an output no manifest vouches for is not resumed
-    (tmp_path / 'q.manifest.json').unlink()
+    (tmp_path / 'q.jsonl.manifest.json').unlink()
     rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--output', out, '--resume',
                          '--embeddings', tmp_path / 'f.npy')
-    assert rc == 2 and 'has no q.manifest.json' in err, err
+    assert rc == 2 and 'has no q.jsonl.manifest.json' in err, err
 
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(capsys, tmp_path):

@@ -1,6 +1,6 @@
 """What run wrote an output, so that ``--resume`` never mixes two runs in one file.
 
-``OUTPUT.manifest.json`` (``preds.csv`` gives ``preds.manifest.json``) is written atomically before the first row:
+``OUTPUT.manifest.json`` (``preds.csv`` gives ``preds.csv.manifest.json``) is written atomically before the first row:
 the model, the weights' identity, the input size, top-k, the embeddings file and a digest of the class names and
 WordNet ids. A resume compares it with the resumed run's and refuses any difference, naming each.
 """
@@ -20,8 +20,8 @@ _OPTIONS = {'model': '--model', 'weights': '--checkpoint / --random-weights, or 
 
 
 def manifest_path(output: Path) -> Path:
-    """``preds.csv`` -> ``preds.manifest.json``, beside it."""
-    return output.with_name(f'{output.stem}.manifest.json')
+    """``preds.csv`` -> ``preds.csv.manifest.json``, beside it (``preds.jsonl`` has its own)."""
+    return output.with_name(f'{output.name}.manifest.json')
 
 
 def run_manifest(model: str, weights: Any, input_size: Sequence[int], topk: int, embeddings: Optional[Path],

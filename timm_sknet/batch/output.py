@@ -31,6 +31,7 @@ OUTPUT_FORMATS = ('.csv', '.jsonl')
 EMBEDDING_FORMATS = ('.npy', '.safetensors')
 #: the tensor's name in an embeddings .safetensors file
 EMBEDDINGS_KEY = 'embeddings'
+_JSON, _JSONL_START = json.JSONDecoder(), '{"path": '
 
 
 def errors_path(output: Path) -> Path:
@@ -96,10 +97,12 @@ class _Rows:
             self.done.update(path_key(row[0]) for row in reader)
             return
         for number, line in enumerate(f):
-            row = json.loads(line)
             if not number:
-                self._check(list(row))
-            self.done[path_key(row['path'])] += 1
+                self._check(list(json.loads(line)))
+            # the rows this module writes start with the path: decode only it (a whole row is 10x slower)
+            start = line.startswith(_JSONL_START)
+            path = _JSON.raw_decode(line, len(_JSONL_START))[0] if start else json.loads(line)['path']
+            self.done[path_key(path)] += 1
 
     def _check(self, columns: Optional[List[str]]) -> None:
         if columns is not None and columns != self.columns:
