@@ -24,6 +24,7 @@ from timm_sknet.batch.finding import find_images
 from timm_sknet.batch.predictor import decode
 from timm_sknet.cli import main
 from timm_sknet.data.images import SAMPLES_DIR
+from timm_sknet.hub.embedded import WEIGHTS_SHA256
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ['--model', 'sknet_tiny.synthetic', '--pretrained']
@@ -79,6 +80,7 @@ def check_rows(rows, reference, topk, embeddings=None):
     for row, values, indices in zip(rows, top.values.tolist(), top.indices.tolist()):
         assert [int(row[f'index_{r}']) for r in range(1, topk + 1)] == indices, row['path']
         assert [row[f'label_{r}'] for r in range(1, topk + 1)] == [reference.labels[i] for i in indices]
+        assert [row[f'wnid_{r}'] for r in range(1, topk + 1)] == [''] * topk  # 6 shapes: no WordNet ids
         np.testing.assert_allclose([float(row[f'probability_{r}']) for r in range(1, topk + 1)], values, rtol=1e-4)
     if embeddings is not None:
         assert embeddings.shape == tuple(features.shape)
@@ -155,15 +157,31 @@ def test_usage_errors_exit_2_before_anything_is_written(capsys, tmp_path, argv, 
     assert sorted(tmp_path.rglob('*')) == before
 
 
-def test_resume_refuses_other_options(capsys, tmp_path):
+def test_resume_refuses_other_options_naming_each(capsys, tmp_path):
     out = tmp_path / 'p.csv'
     assert run_cli(capsys, 'predict', SAMPLES[0], *MODEL, '--topk', 2, '--output', out)[0] == 0
-    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--topk', 3, '--output', out, '--resume')
-    assert rc == 2 and 'the options of the first run' in err
-    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--topk', 2, '--output', out, '--resume',
-                         '--embeddings', tmp_path / 'e.npy')
-    assert rc == 2 and 'did not write embeddings' in err
-    assert len(read_rows(out)) == 1
+    manifest = json.loads((tmp_path / 'p.csv.manifest.json').read_text())
+    assert manifest['weights'] == {'pretrained': 'sknet_tiny.synthetic', 'sha256': WEIGHTS_SHA256}
+    assert manifest['topk'] == 2 and manifest['embeddings'] is None and manifest['input_size'] == [3, 64, 64]
+    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--topk', 3, '--output', out, '--resume',
+                         '--embeddings', tmp_path / 'e.npy', '--img-size', 72)
+    assert rc == 2 and 'topk 2 -> 3' in err and 'input_size [3, 64, 64] -> [3, 72, 72]' in err, err
+    assert f'embeddings null -> "{tmp_path / "e.npy"}"' in err and 'the options of the first run' in err
+    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], '--model', 'sknet_tiny.synthetic', '--random-weights',
+                         '--topk', 2, '--output', out, '--resume')
+    assert rc == 2 and 'weights {"pretrained": "sknet_tiny.synthetic"' in err and '-> {"random": "' in err, err
+    assert 'random weights, as --random-weights asked' in err
+    assert len(read_rows(out)) == 1 and not (tmp_path / 'e.npy.partial').exists()
+    # an embeddings run resumed without them: refused too (its rows and embeddings would no longer align)
+    out = tmp_path / 'q.jsonl'
+    assert run_cli(capsys, 'predict', SAMPLES[0], *MODEL, '--output', out, '--embeddings', tmp_path / 'f.npy')[0] == 0
+    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--output', out, '--resume')
+    assert rc == 2 and f'embeddings "{tmp_path / "f.npy"}" -> null' in err, err
+    # an output no manifest vouches for is not resumed
+    (tmp_path / 'q.jsonl.manifest.json').unlink()
+    rc, _, err = run_cli(capsys, 'predict', SAMPLES[1], *MODEL, '--output', out, '--resume',
+                         '--embeddings', tmp_path / 'f.npy')
+    assert rc == 2 and 'has no q.jsonl.manifest.json' in err, err
 
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(capsys, tmp_path):

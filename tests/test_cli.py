@@ -65,9 +65,9 @@ def test_predict_with_checkpoint_prints_the_models_top_k(capsys, trained, checkp
 
 def test_predict_uses_imagenet_names_for_a_1000_class_head(capsys, image_path):
     rc, out, err = run_cli(capsys, 'predict', image_path, image_path, '--model', 'sknet18', '--img-size', 64,
-                           '--topk', 2)
+                           '--topk', 2, '--random-weights')
     assert rc == 0, err
-    assert 'random weights' in err
+    assert 'random weights, as --random-weights asked' in err
     lines = out.splitlines()
     assert len(lines) == 6 and lines[0] == lines[3] == f'{image_path}:'
     from timm.data import ImageNetInfo
@@ -94,9 +94,10 @@ def test_export_onnx_and_torchscript_fused(capsys, tmp_path, trained, checkpoint
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = trained(x)
-    for fmt, name in (('onnx', 'm.onnx'), ('torchscript', 'm.pt')):
+    (tmp_path / 'm.pt').write_text('an earlier export')  # replaced only because --force asks
+    for fmt, name, force in (('onnx', 'm.onnx', []), ('torchscript', 'm.pt', ['--force'])):
         rc, out, err = run_cli(capsys, 'export', fmt, tmp_path / name, '--model', 'sknet18', '--fused',
-                               '--checkpoint', checkpoint, '--img-size', 64)
+                               '--checkpoint', checkpoint, '--img-size', 64, *force)
         assert rc == 0, err
         assert 'fused' in out
     session = ort.InferenceSession(str(tmp_path / 'm.onnx'), providers=['CPUExecutionProvider'])
@@ -233,7 +234,8 @@ def test_list_and_main_job_still_work(capsys, tmp_path):
     (['predict', '{image}', '--model', 'sknet7'], 'unknown model'),
     (['predict', '{image}', '--model', 'sknet18', '--checkpoint', '{missing}'], 'checkpoint file not found'),
     (['predict', '{image}', '--model', 'sknet34', '--checkpoint', '{ckpt}'], 'does not fit sknet34'),
-    (['predict', '{image}', '--model', 'sknet101', '--pretrained'], 'No pretrained weights exist'),
+    (['predict', '{image}', '--model', 'sknet101'], 'sknet101 has no published weights: pass --checkpoint FILE'),
+    (['predict', '{image}', '--model', 'sknet18', '--checkpoint', '{ckpt}', '--random-weights'], 'exclude each other'),
     (['attention', '--model', 'sknet18', '--out', '{tmp}'], '--synthetic N'),
     (['convert', '{tmp}/hub', '--model', 'sknet18'], '--checkpoint FILE or --pretrained'),
 ])

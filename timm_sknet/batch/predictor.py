@@ -18,7 +18,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from ..data.images import decode_size, load_image
-from ..data.labels import class_names
+from ..data.labels import class_names, wordnet_ids
 from ..inference import optimize
 
 __all__ = ['Batch', 'BatchPredictor', 'ImageFiles', 'collate', 'decode', 'image_batches']
@@ -132,17 +132,19 @@ class BatchPredictor:
         self.transform = create_transform(**self.data_config, is_training=False)
         self.decode_size = None if full_decode else decode_size(self.data_config)
         self.labels = class_names(model)
+        self.wnids = wordnet_ids(model) or [''] * len(self.labels)  # '' where the classes are not ImageNet's
         self.topk = min(topk, len(self.labels))
         width = getattr(model, 'head_hidden_size', None) or getattr(model, 'num_features')
         self.embedding_size = int(width) if embeddings else 0
         self.model = optimize(_WithPreLogits(model) if embeddings else model, backend, precision,
                               input_size=self.data_config['input_size'], calibration=calibration)
         self.columns = ['path', *(f'{what}_{rank}' for rank in range(1, self.topk + 1)
-                                  for what in ('label', 'index', 'probability'))]
+                                  for what in ('index', 'wnid', 'label', 'probability'))]
 
     def predict(self, paths: Sequence[Union[str, Path]],
                 images: torch.Tensor) -> Tuple[List[Dict[str, Any]], Optional[np.ndarray]]:
-        """One row per image (:attr:`columns`: path, then label, index and probability of each of the top k)
+        """One row per image (:attr:`columns`: path, then the class index, its WordNet id ('' for a head that is
+        not ImageNet's), its label and its probability, for each of the top k)
         and, with ``embeddings``, their pre_logits as a float32 array of the same row order."""
         out = self.model(images)
         logits, pre_logits = out if self.embedding_size else (out, None)
@@ -151,18 +153,20 @@ class BatchPredictor:
         for path, values, indices in zip(paths, top.values.tolist(), top.indices.tolist()):
             row: Dict[str, Any] = {'path': str(path)}
             for rank, (p, c) in enumerate(zip(values, indices), 1):
-                row.update({f'label_{rank}': self.labels[c], f'index_{rank}': c, f'probability_{rank}': p})
+                row.update({f'index_{rank}': c, f'wnid_{rank}': self.wnids[c], f'label_{rank}': self.labels[c],
+                            f'probability_{rank}': p})
             rows.append(row)
         embeddings = pre_logits.float().cpu().numpy() if pre_logits is not None else None
         return rows, embeddings
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Ray Data's ``map_batches`` step: a ``path`` column in; out, one row per path in the same order, the
-        :attr:`columns`, ``error`` ('' or why the file could not be read: then labels are '', indices -1 and
-        probabilities NaN) and, with ``embeddings``, ``embedding`` (NaN for a failed file)."""
+        :attr:`columns`, ``error`` ('' or why the file could not be read: then wnids and labels are '', indices -1
+        and probabilities NaN) and, with ``embeddings``, ``embedding`` (NaN for a failed file)."""
         paths = [str(p) for p in batch['path']]
-        decoded = [decode(p, self.transform, self.decode_size) for p in paths]
-        blank = {c: '' if c.startswith('label') else -1 if c.startswith('index') else float('nan')
+        self.decode_size = None if full_decode else decode_size(self.data_config)
+        self.labels = class_names(model)
+        self.wnids = wordnet_ids(model) or [''] * len(self.labels)  # '' where the classes are not ImageNet's
                  for c in self.columns}
         rows = [dict(blank, path=p, error=reason) for p, (_, reason) in zip(paths, decoded)]
         good = [i for i, (x, _) in enumerate(decoded) if x is not None]

@@ -3,22 +3,23 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 from ..progress import progress
-from .output import PredictionFiles, Printer
+from .output import PredictionFiles, Printer, path_key
 from .predictor import BatchPredictor, image_batches
 
 __all__ = ['run_bulk']
 
 
-def _remaining(paths: Sequence[Path], done: Iterable[str]) -> List[Path]:
-    """``paths`` less one occurrence per ``done`` entry (so duplicates are kept as often as they are listed)."""
-    left = Counter(done)
+def _remaining(paths: Sequence[Path], done: Counter[int]) -> List[Path]:
+    """``paths`` less one occurrence per ``done`` entry (:func:`path_key` counts, used up: so duplicates are kept
+    as often as they are listed)."""
     todo = []
     for path in paths:
-        if left[str(path)]:
-            left[str(path)] -= 1
+        key = path_key(str(path))
+        if done[key]:
+            done[key] -= 1
         else:
             todo.append(path)
     return todo

@@ -25,9 +25,18 @@ class CLIError(Exception):
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
-def add_model_args(p: argparse.ArgumentParser, default: str = 'sknet50', pretrained: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, default: str = 'sknet50', pretrained: bool = True,
+                   published_by_default: bool = False) -> None:
+    """``--model``, ``--checkpoint`` and, with ``pretrained``, ``--pretrained``; with ``published_by_default``
+    (predict, serve) the published weights load unless ``--checkpoint`` or ``--random-weights`` is given
+    (:func:`timm_sknet.cli.weights.use_published_weights`), and ``--pretrained`` is accepted and changes nothing."""
     p.add_argument('--model', default=default, help=f'registered model name, optionally with a tag (default: {default})')
-    if pretrained:
+    if published_by_default:
+        p.add_argument('--pretrained', action='store_true',
+                       help="the default: the model's published weights (kept so that older commands run)")
+        p.add_argument('--random-weights', action='store_true',
+                       help='an untrained model, for testing: its predictions mean nothing (said on stderr)')
+    elif pretrained:
         p.add_argument('--pretrained', action='store_true', help="load the model's published pretrained weights")
     p.add_argument('--checkpoint', metavar='FILE',
                    help='local weights: .safetensors, or .pth/.pth.tar/.bin (read with weights_only=True)')
@@ -68,7 +77,10 @@ def data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
 
 
 def warn_random(args: argparse.Namespace) -> None:
-    if not getattr(args, 'pretrained', False) and not args.checkpoint:
+    if getattr(args, 'random_weights', False):
+        print(f'timm-sknet: note: {args.model} has random weights, as --random-weights asked: its predictions '
+              'mean nothing', file=sys.stderr)
+    elif not getattr(args, 'pretrained', False) and not args.checkpoint and not hasattr(args, 'random_weights'):
         print(f'timm-sknet: note: {args.model} has random weights (pass --pretrained or --checkpoint FILE)',
               file=sys.stderr)
 

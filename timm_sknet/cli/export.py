@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != 'fp32' and args.format != 'openvino':
         raise CLIError(f'--precision {args.precision} is an OpenVINO setting: use the openvino format, or fp32 '
                        f'for {args.format}')
+    if Path(args.out).exists() and not args.force:  # before the model loads
+        raise CLIError(f'{args.out} exists: pass --force to replace it, or choose another OUT')
     if args.out_indices and not args.features_only:
         raise CLIError('--out-indices chooses the feature maps of a --features-only backbone; add --features-only')
     if args.dynamic_size and args.format == 'openvino':
@@ -71,6 +73,7 @@ def add_parser(sub: SubParsers) -> None:
                    help='onnx (onnxruntime and other ONNX runtimes), torchscript, or openvino (IR folder)')
     p.add_argument('out', metavar='OUT', help='file to write (.onnx / .pt), or a folder for openvino')
     add_model_args(p)
+    p.add_argument('--force', action='store_true', help='replace OUT if it exists (refused otherwise)')
     p.add_argument('--fused', action='store_true', help='fold BatchNorms first (timm_sknet.inference.fuse_model)')
     p.add_argument('--img-size', type=int, default=None, help="example input size (default: pretrained_cfg's)")
     p.add_argument('--opset', type=int, default=MIN_ONNX_OPSET, help=f'ONNX opset (default: {MIN_ONNX_OPSET})')

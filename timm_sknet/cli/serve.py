@@ -19,6 +19,7 @@ from .arguments import (
     optimized,
     warn_random,
 )
+from .weights import use_published_weights
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -35,6 +36,7 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     from ..serving.app import create_app
     args = argparse.Namespace(**options)
     torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
+    args.pretrained = use_published_weights(args)
     model = load_model(args.model, args.pretrained, args.checkpoint)
     warn_random(args)
     config = data_config(model, args.img_size)
@@ -136,7 +138,7 @@ def add_parser(sub: SubParsers) -> None:
     from ..serving.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_BYTES
     p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
                                      '(docs/serving.md)')
-    add_model_args(p)
+    add_model_args(p, published_by_default=True)
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--topk', type=int, default=5, help='classes per answer without ?topk= (default: 5)')
     add_runtime_args(p, default_backend='auto')
