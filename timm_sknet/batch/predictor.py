@@ -164,9 +164,8 @@ class BatchPredictor:
         :attr:`columns`, ``error`` ('' or why the file could not be read: then wnids and labels are '', indices -1
         and probabilities NaN) and, with ``embeddings``, ``embedding`` (NaN for a failed file)."""
         paths = [str(p) for p in batch['path']]
-        self.decode_size = None if full_decode else decode_size(self.data_config)
-        self.labels = class_names(model)
-        self.wnids = wordnet_ids(model) or [''] * len(self.labels)  # '' where the classes are not ImageNet's
+        decoded = [decode(p, self.transform, self.decode_size) for p in paths]
+        blank = {c: '' if c.startswith(('label', 'wnid')) else -1 if c.startswith('index') else float('nan')
                  for c in self.columns}
         rows = [dict(blank, path=p, error=reason) for p, (_, reason) in zip(paths, decoded)]
         good = [i for i, (x, _) in enumerate(decoded) if x is not None]
