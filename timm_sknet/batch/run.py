@@ -36,7 +36,8 @@ def run_bulk(predictor: BatchPredictor, paths: Sequence[Path], sink: Union[Predi
     if len(todo) < len(paths):
         print(f'timm-sknet: resuming: {len(paths) - len(todo)} of {len(paths)} images done already', file=sys.stderr)
     start = time.perf_counter()
-    batches = image_batches(todo, predictor.transform, batch_size, workers, predictor.decode_size)
+    batches = image_batches(todo, predictor.transform, batch_size, workers, predictor.decode_size,
+                            pin_memory=predictor.device.type == 'cuda')
     for batch in progress(batches, total=len(todo), desc='predict', unit='img',
                           size=lambda b: len(b.indices) + len(b.failures)):
         rows, embeddings = (predictor.predict([todo[i] for i in batch.indices], batch.images)

@@ -98,6 +98,21 @@ def add_runtime_args(p: argparse.ArgumentParser, default_backend: Optional[str])
                    help='int8: how many calibration images (default: 300)')
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--device', default='auto', metavar='DEVICE',
+                   help='auto (the first CUDA GPU where there is one, else the CPU), cpu, cuda or cuda:N '
+                        '(default: auto)')
+
+
+def checked_device(args: argparse.Namespace) -> str:
+    """``--device`` checked against this machine before any model is built (a missing GPU is a usage error)."""
+    from ..inference import resolve_device
+    try:
+        return str(resolve_device(args.device))
+    except ValueError as e:
+        raise CLIError(f'--device: {e}') from None
+
+
 def calibration_images(model: nn.Module, args: argparse.Namespace,
                  input_size: Sequence[int]) -> Optional[List[torch.Tensor]]:
     """int8: ``--calibration-images`` from ``--calibration-dir`` or the synthetic shapes; else None."""

@@ -7,9 +7,11 @@ from .arguments import (
     DEFAULT_WORKERS,
     CLIError,
     SubParsers,
+    add_device_arg,
     add_model_args,
     add_runtime_args,
     calibration_images,
+    checked_device,
     data_config,
     load_model,
     say_what_runs,
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     paths = find_images(args.images, args.file_list)  # usage mistakes before the model is built
+    device = checked_device(args)
     args.pretrained = use_published_weights(args)
     model = load_model(args.model, args.pretrained, args.checkpoint)
     warn_random(args)
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibration_images(model, args, data_config(model, args.img_size)['input_size'])
         predictor = BatchPredictor(model, backend=args.backend, precision=args.precision, img_size=args.img_size,
                                    topk=args.topk, embeddings=embeddings is not None, calibration=calibration,
-                                   full_decode=args.full_decode)
+                                   full_decode=args.full_decode, device=device)
         say_what_runs(predictor.model)
         if output:
             _start_manifest(args, model, predictor, output, embeddings)
@@ -100,4 +103,5 @@ def add_parser(sub: SubParsers) -> None:
                    help='continue an interrupted run of the same command (any other model, weights, --img-size, '
                         '--topk or --embeddings is refused): only images without a row or error yet')
     add_runtime_args(p, default_backend='eager')
+    add_device_arg(p)
     p.set_defaults(func=run)

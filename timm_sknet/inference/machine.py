@@ -12,7 +12,7 @@ from typing import FrozenSet, Optional
 
 import torch
 
-__all__ = ['MachineInfo', 'machine_info', 'native_bf16', 'native_int8']
+__all__ = ['MachineInfo', 'machine_info', 'native_bf16', 'native_int8', 'resolve_device']
 
 #: flags worth reporting for deep-learning inference, in the order they are printed
 _REPORTED_FLAGS = ('avx', 'fma', 'avx2', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx_vnni', 'avx512_bf16',
@@ -78,3 +78,22 @@ def native_int8() -> bool:
     """Whether the CPU has int8 dot-product instructions (VNNI, AMX-INT8, Arm I8MM / dot product)."""
     flags = machine_info().flags
     return bool(flags & {'avx512_vnni', 'avx_vnni', 'amx_int8', 'i8mm', 'asimddp'})
+
+
+def resolve_device(device: str = 'auto') -> torch.device:
+    """``'auto'`` (the first CUDA GPU where there is one, else the CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` as a
+    ``torch.device``, refused with what to pass instead where this machine has no such device."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type not in ('cpu', 'cuda'):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if resolved.type == 'cuda':
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            have = f'{count} CUDA device(s)' if count else 'no CUDA device (torch.cuda.is_available() is False)'
+            raise ValueError(f'device {device!r} asked for, but this machine has {have}; use cpu or auto')
+    return resolved
