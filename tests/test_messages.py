@@ -28,7 +28,7 @@ def _parsers(parser: argparse.ArgumentParser):
 
 def _as_typed(action: argparse.Action, shown: str):
     """What the parser makes of ``shown`` typed after the option: the value a stated default must equal."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         return {'on': True, 'off': False}.get(shown, shown)
     values = [(action.type or str)(token) for token in shown.split()]
     return values if action.nargs not in (None, '?') else values[0]

@@ -23,7 +23,7 @@ def plain_text(text: str) -> str:
 
 def default_text(action: argparse.Action) -> str:
     """An option's default as a user types or reads it: on / off for flags, none, or the value(s)."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         return 'on' if action.default else 'off'
     if action.default is None or (isinstance(action.default, (dict, list, tuple)) and not action.default):
         return 'none'

@@ -97,8 +97,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--embeddings', metavar='FILE', default=None,
                    help="also write each image's pre_logits to FILE (.npy or .safetensors), row i = output row i")
     p.add_argument('--full-decode', action='store_true',
-                   help='decode JPEGs in full (default: at the smallest DCT scale still at least the size the '
-                        'transform resizes to, several times faster)')
+                   help='decode JPEGs in full; without it they are decoded at the smallest DCT scale still at least '
+                        'the size the transform resizes to, several times faster')
     p.add_argument('--resume', action='store_true',
                    help='continue an interrupted run of the same command (any other model, weights, --img-size, '
                         '--topk or --embeddings is refused): only images without a row or error yet')
