@@ -41,7 +41,8 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     # /embed runs the plain model (an optimized one gives logits only); fp32 eager, the model's weights once more
     return create_app(fast, transform=create_transform(**config), labels=class_names(model), topk=args.topk,
                       concurrency=args.concurrency, max_queue=args.max_queue, embedder=model,
-                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels)
+                      max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels,
+                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
 def serve_app_from_environment() -> 'FastAPI':
@@ -66,11 +67,12 @@ def _check(args: argparse.Namespace) -> None:
     if server.missing_packages():
         raise CLIError(f'serve needs {", ".join(server.missing_packages())}: pip install "timm-sknet[serve]"')
     for flag in ('workers', 'concurrency', 'topk', 'max_upload_mb', 'max_pixels', 'worker_timeout',
-                 'graceful_timeout'):
+                 'graceful_timeout', 'max_batch'):
         if getattr(args, flag) < 1:
             raise CLIError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
-    if args.max_queue < 0:
-        raise CLIError(f'--max-queue must be >= 0, got {args.max_queue}')
+    for flag in ('max_queue', 'max_wait_ms'):
+        if getattr(args, flag) < 0:
+            raise CLIError(f'--{flag.replace("_", "-")} must be >= 0, got {getattr(args, flag)}')
     check_model_name(args.model)
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint} (check the path)')
@@ -131,7 +133,13 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: SubParsers) -> None:
-    from ..serving.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_BYTES
+    from ..serving.app import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_QUEUE,
+        DEFAULT_MAX_UPLOAD_BYTES,
+        DEFAULT_MAX_WAIT_MS,
+    )
     p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
                                      '(docs/serving.md)')
     add_model_args(p)
@@ -145,6 +153,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
     p.add_argument('--max-queue', type=int, default=DEFAULT_MAX_QUEUE,
                    help='requests per process that may wait for a model call; past them 503 (default: %(default)s)')
+    p.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH, metavar='N',
+                   help='run the images of up to N waiting requests as one batch; 1: each alone (default: '
+                        '%(default)s, measured in docs/serving.md)')
+    p.add_argument('--max-wait-ms', type=float, default=DEFAULT_MAX_WAIT_MS, metavar='MS',
+                   help='with --max-batch > 1, the longest a request waits for others to join its batch '
+                        '(default: %(default)s)')
     p.add_argument('--threads', type=int, default=None,
                    help="runtime threads of each model call (default: the machine's cores / (workers x concurrency))")
     p.add_argument('--max-upload-mb', type=int, default=DEFAULT_MAX_UPLOAD_BYTES // 2 ** 20,
