@@ -18,7 +18,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 from ..data.images import load_image
-from ..data.labels import class_names
+from ..data.labels import class_names, wordnet_ids
 from ..inference import optimize
 
 __all__ = ['Batch', 'BatchPredictor', 'ImageFiles', 'collate', 'decode', 'image_batches']
@@ -124,6 +124,7 @@ class BatchPredictor:
         self.data_config = resolve_data_config({'img_size': img_size} if img_size else {}, model=model)
         self.transform = create_transform(**self.data_config, is_training=False)
         self.labels = class_names(model)
+        self.wordnet = wordnet_ids(model) or [None] * len(self.labels)
         self.topk = min(topk, len(self.labels))
         width = getattr(model, 'head_hidden_size', None) or getattr(model, 'num_features')
         self.embedding_size = int(width) if embeddings else 0
