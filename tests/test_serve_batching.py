@@ -92,3 +92,23 @@ def test_a_batch_is_at_most_max_batch_and_a_lone_request_waits_at_most_max_wait(
 def test_create_app_refuses_a_bad_batch_setting(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_app(model, **kwargs)
+
+
+def test_the_command_line_batches_with_max_batch(model):
+    from timm_sknet.cli.serve import app_factory
+    app = app_factory('--model', MODEL, '--pretrained', '--backend', 'eager', '--max-batch', '4', '--max-wait-ms', '50')
+    image = SAMPLES[1].read_bytes()
+    transform = create_transform(**resolve_data_config(model=model))
+    with torch.inference_mode():
+        expected = model(transform(load_image(SAMPLES[1]))[None]).argmax(-1).item()
+    with serving(app) as url, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: httpx2.post(f'{url}/predict', content=image, timeout=60), range(6)))
+        calls, images = batch_sizes(url)
+    assert [a.json()['predictions'][0]['index'] for a in answers] == [expected] * 6
+    assert images == 6 and calls < 6
+
+
+def test_the_command_line_refuses_a_negative_wait(capsys):
+    from timm_sknet.cli import main
+    assert main(['serve', '--max-wait-ms', '-1']) == 2
+    assert '--max-wait-ms must be >= 0, got -1' in capsys.readouterr().err

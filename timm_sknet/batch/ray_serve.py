@@ -36,8 +36,9 @@ class Classifier:
         self.predictor = BatchPredictor(model, pretrained=pretrained, backend=backend, precision=precision,
                                         img_size=img_size, topk=topk)
         self.max_pixels = max_pixels
-        self.batched.set_max_batch_size(max_batch)
-        self.batched.set_batch_wait_timeout_s(max_wait_ms / 1000)
+        # serve.batch's setters, which mypy cannot see on the decorated method
+        self.batched.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+        self.batched.set_batch_wait_timeout_s(max_wait_ms / 1000)  # type: ignore[attr-defined]
 
     async def __call__(self, request: Request) -> Any:
         data = await request.body()

@@ -24,17 +24,17 @@ class Classifier(ls.LitAPI):  # type: ignore[misc]  (litserve ships no type info
 
     def __init__(self, model: str, backend: str, img_size: int, threads: int, max_batch: int, max_wait_ms: float):
         super().__init__(max_batch_size=max_batch, batch_timeout=max_wait_ms / 1000)
-        self.options = dict(model=model, backend=backend, img_size=img_size, threads=threads)
+        self.model_name, self.backend, self.img_size, self.threads = model, backend, img_size, threads
 
     def setup(self, device: str) -> None:
-        torch.set_num_threads(self.options['threads'])
-        model = timm.create_model(self.options['model']).eval()
-        config = resolve_data_config({'img_size': self.options['img_size']}, model=model)
+        torch.set_num_threads(self.threads)
+        model = timm.create_model(self.model_name).eval()
+        config = resolve_data_config({'img_size': self.img_size}, model=model)
         self.transform, self.labels = create_transform(**config), class_names(model)
-        self.model = optimize(model, self.options['backend'], input_size=config['input_size'])
+        self.model = optimize(model, self.backend, input_size=config['input_size'])
 
     def decode_request(self, request: Request) -> torch.Tensor:  # the annotation: LitServe passes the parsed form
-        return self.transform(read_image(request['file'].file.read()))  # type: ignore[index]
+        return self.transform(read_image(request['file'].file.read()))
 
     def batch(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)

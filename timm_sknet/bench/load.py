@@ -64,14 +64,14 @@ class LoadRunner:
     name = 'serve-load'
 
     def __init__(self, our_model: str = 'sknet50', backends: Sequence[str] = ('eager', 'onnxruntime', 'openvino'),
-                 image_size: Optional[int] = None, clients: Sequence[int] = (1, 4, 16, 64), requests: int = 32,
+                 image_size: Optional[int] = None, clients: Sequence[int] = (1, 4, 16, 64), seconds: float = 10,
                  rounds: int = 2, max_batch: int = 8, max_wait_ms: float = 5, quick: bool = False,
                  env: Optional[Dict[str, str]] = None, log: Callable[[str], None] = print):
         if quick:  # proves it runs, measures nothing
-            image_size, backends, clients, requests, rounds = image_size or 64, backends[:1], (1, 4), 4, 1
+            image_size, backends, clients, seconds, rounds = image_size or 64, backends[:1], (1, 4), 0.5, 1
         self.model, self.image_size, self.quick = our_model, image_size or 224, quick
         self.backends = [b for b in backends if b == 'eager' or importlib.util.find_spec(b) is not None]
-        self.clients, self.requests, self.rounds = tuple(clients), requests, rounds
+        self.clients, self.seconds, self.rounds = tuple(clients), seconds, rounds
         self.max_batch, self.max_wait_ms, self.env, self.log = max_batch, max_wait_ms, env, log
 
     def _servers(self, backend: str) -> List[Tuple[str, Callable[[], ContextManager[str]]]]:
@@ -94,11 +94,10 @@ class LoadRunner:
             for clients in self.clients:
                 loads = [Load() for _ in servers]
                 for url in urls:  # warm-up: every connection, and the runtime's batch sizes
-                    load_clients(url, image, clients, 2 * clients)
-                per_round = max(2 * clients, self.requests) // self.rounds
+                    load_clients(url, image, clients, clients)
                 for _ in range(self.rounds):
                     for load, url in zip(loads, urls):
-                        load += load_clients(url, image, clients, per_round)
+                        load += load_clients(url, image, clients, seconds=self.seconds / self.rounds)
                 for (name, _), load in zip(servers, loads):
                     rows.append(dict(backend=backend, server=name, clients=clients, **load.summary()))
                     self.log(f'  {backend}, {name}, {clients} clients: {rows[-1]["requests_per_s"]:.1f} requests/s, '
@@ -111,8 +110,8 @@ class LoadRunner:
         for backend in self.backends:
             rows += self._measure(backend, image)
         load_after = os.getloadavg()
-        title = (f'HTTP service under load: {self.model}, {self.image_size} px, a 640x480 JPEG per request, at least '
-                 f'{self.requests} timed requests per row in {self.rounds} alternating rounds; load average (1, 5, '
+        title = (f'HTTP service under load: {self.model}, {self.image_size} px, a 640x480 JPEG per request, '
+                 f'{self.seconds:g} s of closed-loop clients per row in {self.rounds} alternating rounds; load average (1, 5, '
                  f'15 min) {", ".join(f"{x:.1f}" for x in load_before)} before, '
                  f'{", ".join(f"{x:.1f}" for x in load_after)} after (other processes shared the cores when above 0)')
         report = Report(title, describe_machine(), {'load': rows})

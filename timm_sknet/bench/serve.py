@@ -105,15 +105,17 @@ class Load:
                     requests_per_s=len(ms) / self.seconds)
 
 
-def load_clients(url: str, image: bytes, clients: int, requests: int) -> Load:
+def load_clients(url: str, image: bytes, clients: int, requests: int = 0, seconds: float = 0) -> Load:
     """``clients`` threads, each with its own connection, post ``image`` to ``url``/predict, each sending its next
-    request on the answer to its last, until ``requests`` were answered (status 0: the connection failed)."""
+    request on the answer to its last, until ``requests`` were answered, or else until ``seconds`` have passed
+    (then every client sends at least one; status 0: the connection failed)."""
     import httpx2
+    deadline = time.perf_counter() + seconds
 
     def client(n: int) -> List[Tuple[float, int]]:
-        timings = []
+        timings: List[Tuple[float, int]] = []
         with httpx2.Client(timeout=300) as http:
-            for _ in range(n):
+            while len(timings) < n if requests else not timings or time.perf_counter() < deadline:
                 start = time.perf_counter()
                 try:
                     status = http.post(f'{url}/predict',
@@ -123,7 +125,7 @@ def load_clients(url: str, image: bytes, clients: int, requests: int) -> Load:
                 timings.append((time.perf_counter() - start, status))
         return timings
 
-    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)] if requests else [0] * clients
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         timings = [t for part in pool.map(client, shares) for t in part]

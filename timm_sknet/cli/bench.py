@@ -19,7 +19,7 @@ def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.what == 'serve-load':
         backends = {} if args.backend == 'all' else {'backends': (args.backend,)}
         return dict(our_model=args.model or 'sknet50', image_size=args.image_size, quick=args.quick, **backends,
-                    **({'requests': args.requests} if args.requests else {}))
+                    **({'seconds': args.seconds} if args.seconds else {}))
     options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
     options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
     if args.what in ('inference', 'concurrency'):
@@ -78,8 +78,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--runs', type=int, default=9, help='timed runs of everything, alternating (median reported)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    p.add_argument('--requests', type=int, default=None,
-                   help='serve-load: timed requests per row, at least 2 per client (default: 32)')
+    p.add_argument('--seconds', type=float, default=None,
+                   help='serve-load: seconds of load per row; each client sends at least one request (default: 10)')
     p.add_argument('--image-size', type=int, default=None, help='default: 224; backbone: 640')
     p.add_argument('--no-memory', action='store_true', help='eager, backbone: skip the peak-memory runs')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')

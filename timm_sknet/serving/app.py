@@ -180,7 +180,7 @@ class Service:
                  max_batch: int = 1, max_wait_ms: float = 0):
         self.model, self.transform, self.labels, self.wordnet, self.embed = model, transform, labels, wordnet, embed
         self.admission, self.max_upload_bytes, self.max_pixels = admission, max_upload_bytes, max_pixels
-        self.batchers = {id(f): Batcher(f, admission, max_batch, max_wait_ms)
+        self.batchers = {id(f): Batcher(f, admission.model_slots, admission.run, max_batch, max_wait_ms)
                          for f in (model, embed) if f is not None and max_batch > 1}
 
     async def call(self, function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -8,24 +8,23 @@ and each request gets its own row. The task is asyncio's own (an ``asyncio.Queue
 """
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 import torch
-
-if TYPE_CHECKING:
-    from .app import Admission
 
 __all__ = ['Batcher']
 
 Waiting = Tuple[torch.Tensor, 'asyncio.Future[torch.Tensor]']
+#: runs ``function(batch)`` on a model slot the caller holds: (function, batch, images) -> output
+Run = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, int], Awaitable[torch.Tensor]]
 
 
 class Batcher:
     """Gathers single images (``1 x C x H x W``) into batches of at most ``max_batch`` for ``function``."""
 
-    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], admission: 'Admission', max_batch: int,
+    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], model_slots: Any, run: Run, max_batch: int,
                  max_wait_ms: float):
-        self.function, self.admission = function, admission
+        self.function, self.model_slots, self.run = function, model_slots, run  # model_slots: anyio's limiter
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.waiting: 'asyncio.Queue[Waiting]' = asyncio.Queue()
         self.task: Optional['asyncio.Task[None]'] = None
@@ -51,7 +50,7 @@ class Batcher:
             first = await self.waiting.get()
             arrived = time.monotonic()
             token = object()
-            await self.admission.model_slots.acquire_on_behalf_of(token)  # images gather meanwhile
+            await self.model_slots.acquire_on_behalf_of(token)  # images gather meanwhile
             batch = [first]
             while len(batch) < self.max_batch:
                 left = self.max_wait - (time.monotonic() - arrived)
@@ -66,7 +65,7 @@ class Batcher:
 
     async def _run(self, batch: List[Waiting], token: Any) -> None:
         try:
-            out = await self.admission.run(self.function, torch.cat([x for x, _ in batch]), len(batch))
+            out = await self.run(self.function, torch.cat([x for x, _ in batch]), len(batch))
         except BaseException as e:  # every request of the batch gets the error
             for _, future in batch:
                 if not future.done():
@@ -78,4 +77,4 @@ class Batcher:
                 if not future.done():  # a client that left cancelled its future
                     future.set_result(out[i:i + 1])
         finally:
-            self.admission.model_slots.release_on_behalf_of(token)
+            self.model_slots.release_on_behalf_of(token)
