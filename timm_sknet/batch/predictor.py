@@ -124,7 +124,8 @@ class BatchPredictor:
         self.data_config = resolve_data_config({'img_size': img_size} if img_size else {}, model=model)
         self.transform = create_transform(**self.data_config, is_training=False)
         self.labels = class_names(model)
-        self.wordnet: List[Optional[str]] = list(wordnet_ids(model) or [None] * len(self.labels))
+        wordnet: Optional[List[str]] = wordnet_ids(model)
+        self.wordnet: List[Optional[str]] = list(wordnet) if wordnet else [None] * len(self.labels)
         self.topk = min(topk, len(self.labels))
         width = getattr(model, 'head_hidden_size', None) or getattr(model, 'num_features')
         self.embedding_size = int(width) if embeddings else 0

@@ -19,7 +19,7 @@ from ..inference import optimize
 __all__ = ['Classifier', 'main']
 
 
-class Classifier(ls.LitAPI):  # type: ignore[misc]  (litserve ships no type information)
+class Classifier(ls.LitAPI):
     """The model as a user of LitServe serves it: decoded and preprocessed per request, run per batch."""
 
     def __init__(self, model: str, backend: str, img_size: int, threads: int, max_batch: int, max_wait_ms: float):
