@@ -130,7 +130,7 @@ def test_the_load_runner_measures_serve_with_and_without_batching_and_counts_err
     report = LoadRunner('sknet_tiny', quick=True, env=child_environment(dict(os.environ)), log=lambda _: None).run()
     rows = report.tables['load']
     servers = sorted({r['server'] for r in rows})
-    assert servers[:2] == ['timm-sknet serve', 'timm-sknet serve --max-batch 8'], servers
+    assert servers[:2] == ['timm-sknet serve --max-batch 1', 'timm-sknet serve --max-batch 8'], servers
     assert [r['clients'] for r in rows] == [c for c in (1, 4) for _ in servers]
     for row in rows:  # closed loop for half a second: each client sent at least one request
         assert row['requests'] >= row['clients'] and row['errors'] == 0 and row['p50_ms'] <= row['p99_ms']

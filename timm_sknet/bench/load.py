@@ -79,7 +79,7 @@ class LoadRunner:
         serve = [*common, '--max-queue', str(max(self.clients)), '--no-access-log']
         batch = ['--max-batch', str(self.max_batch), '--max-wait-ms', str(self.max_wait_ms)]
         servers: List[Tuple[str, Callable[[], ContextManager[str]]]] = [
-            ('timm-sknet serve', lambda: serving_process(serve, self.env)),
+            ('timm-sknet serve --max-batch 1', lambda: serving_process([*serve, '--max-batch', '1'], self.env)),
             (f'timm-sknet serve --max-batch {self.max_batch}', lambda: serving_process([*serve, *batch], self.env))]
         if importlib.util.find_spec('litserve') is not None:
             servers.append((f'LitServe, batch {self.max_batch}',

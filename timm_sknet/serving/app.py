@@ -40,8 +40,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
 DEFAULT_MAX_PIXELS = 50_000_000
 #: requests that may wait for a model call; past them, 503 (16 x sknet50's ~60 ms on 2 cores: about a second)
 DEFAULT_MAX_QUEUE = 16
-#: images per model call that ``timm-sknet serve`` gathers from waiting requests (1: none; measured, docs/serving.md)
-DEFAULT_MAX_BATCH = 1
+#: images per model call that ``timm-sknet serve`` gathers from waiting requests: it gained at 16 and 64 clients on
+#: every backend measured (benchmarks/results/serve_load.md, docs/serving.md "Under load"). ``create_app``'s own
+#: default is 1, since a model of your own may not take batches
+DEFAULT_MAX_BATCH = 8
 #: with batching on, the longest a request waits for others to join its batch (ms)
 DEFAULT_MAX_WAIT_MS = 5
 #: seconds a refused client is told to wait
