@@ -94,3 +94,10 @@ def serving(app, start_timeout: float = 30, stop_timeout: float = 15):
         thread.join(stop_timeout)
         sock.close()
         assert not thread.is_alive(), 'the server did not stop'
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that is free now (for a server started in another process)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

@@ -124,6 +124,27 @@ def test_the_serve_runner_measures_the_real_server_at_each_client_count():
     assert 'sknet_tiny' in report.title and report.machine['description']
 
 
+@pytest.mark.slow  # two servers (and LitServe where installed) start and take 1 and 4 clients
+def test_the_load_runner_measures_serve_with_and_without_batching_and_counts_errors_apart():
+    from timm_sknet.bench.load import LoadRunner
+    report = LoadRunner('sknet_tiny', quick=True, env=child_environment(dict(os.environ)), log=lambda _: None).run()
+    rows = report.tables['load']
+    servers = sorted({r['server'] for r in rows})
+    assert servers[:2] == ['timm-sknet serve --max-batch 1', 'timm-sknet serve --max-batch 8'], servers
+    assert [r['clients'] for r in rows] == [c for c in (1, 4) for _ in servers]
+    for row in rows:  # closed loop for half a second: each client sent at least one request
+        assert row['requests'] >= row['clients'] and row['errors'] == 0 and row['p50_ms'] <= row['p99_ms']
+    assert 'load average' in report.title
+
+
+def test_load_clients_for_a_duration_sends_at_least_one_request_per_client():
+    from timm_sknet.data.images import SAMPLES_DIR
+    image = sorted(SAMPLES_DIR.glob('*.png'))[0].read_bytes()
+    with serving(create_app(timm.create_model('sknet_tiny.synthetic', pretrained=True).eval())) as url:
+        load = load_clients(url, image, clients=3, seconds=0.3)
+    assert len(load.timings) >= 3 and load.seconds >= 0.3 and {s for _, s in load.timings} == {200}
+
+
 def test_load_summary_is_numpys_median_and_nearest_rank_percentile():
     import random
 
@@ -133,7 +154,7 @@ def test_load_summary_is_numpys_median_and_nearest_rank_percentile():
     load = Load([(s, 200) for s in seconds] + [(0.5, 422), (0.7, 503)], seconds=40.0)
     summary = load.summary()
     ms = np.array(seconds + [0.5, 0.7]) * 1000
-    assert (summary['requests'], summary['failed']) == (159, 2)
+    assert (summary['requests'], summary['failed'], summary['refused'], summary['errors']) == (159, 2, 1, 1)
     assert summary['p50_ms'] == pytest.approx(np.median(ms))
     assert summary['p99_ms'] == pytest.approx(np.percentile(ms, 99, method='nearest'))
     assert summary['requests_per_s'] == pytest.approx(159 / 40.0)

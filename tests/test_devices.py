@@ -49,3 +49,11 @@ def test_predict_on_the_cpu_device_gives_the_default_rows(tmp_path, capsys):
         with open(out, newline='') as f:
             outputs.append([(r['path'], r['index_1'], r['probability_1']) for r in csv.DictReader(f)])
     assert outputs[0] == outputs[1] and len(outputs[0]) > 0
+
+
+@no_gpu
+def test_serve_refuses_cuda_without_a_gpu_before_it_builds_a_model(capsys):
+    start = time.perf_counter()
+    assert main(['serve', '--model', 'sknet50', '--device', 'cuda', '--port', '0']) == 2
+    assert 'no CUDA device' in capsys.readouterr().err
+    assert time.perf_counter() - start < 5

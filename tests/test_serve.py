@@ -176,7 +176,8 @@ def test_an_image_at_the_limits_is_served(strict_server):
 
 
 @pytest.mark.slow  # two worker processes import torch and build a model each: tens of seconds on a busy machine
-def test_the_command_line_serves_from_workers_that_start_once_and_stop_on_sigterm(reference, model):
+@pytest.mark.parametrize('start', range(5))  # a worker lost at start-up showed in 2 of 3 starts on a busy machine
+def test_the_command_line_serves_from_workers_that_start_once_and_stop_on_sigterm(reference, model, start):
     arguments = ['--model', MODEL, '--pretrained', '--backend', 'eager', '--workers', '2']
     log = []
     with serving_process(arguments, env=child_environment(dict(os.environ)), timeout=300, log=log,
@@ -190,7 +191,7 @@ def test_the_command_line_serves_from_workers_that_start_once_and_stop_on_sigter
     assert text.count('timm-sknet: eager at fp32') == 2, text  # one model a worker, none in the parent
 
 
-@pytest.mark.parametrize('flag', ['--workers', '--concurrency', '--max-pixels', '--worker-timeout'])
+@pytest.mark.parametrize('flag', ['--workers', '--concurrency', '--max-pixels', '--worker-timeout', '--max-batch'])
 def test_serve_refuses_a_count_below_one(capsys, flag):
     assert main(['serve', flag, '0']) == 2
     assert f'{flag} must be >= 1, got 0' in capsys.readouterr().err

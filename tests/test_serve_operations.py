@@ -16,7 +16,7 @@ import httpx2
 import jsonschema
 import pytest
 import torch
-from helpers import serving
+from helpers import free_port, serving
 from loopback_guard.sitecustomize import child_environment
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -129,12 +129,6 @@ class Slow(torch.nn.Module):
         return model(x)
 uvicorn.run(create_app(Slow(), max_queue=8), host='127.0.0.1', port=int(sys.argv[1]), timeout_graceful_shutdown=20)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:

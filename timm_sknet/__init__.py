@@ -14,6 +14,7 @@ Layout (dependencies point one way, checked by import-linter contracts in pyproj
      -> hub | layers
      -> errors | file_io | progress
 """
+from . import after_fork  # noqa: F401  (forked children run torch on one thread: they would hang otherwise)
 from .errors import WeightsError
 from .layers import SelectiveKernel, SelectiveKernelAttn, SEModule, select_paths
 from .models import SKBasicBlock, SKBottleneck, SKNet

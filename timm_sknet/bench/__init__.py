@@ -14,7 +14,9 @@ and peak, and the timing loop; each subclass measures one thing and returns a :c
   backend (ours only: the question is how a runtime shares the cores, not ours against timm's);
 * :func:`~.int8.int8_accuracy` (``int8-accuracy``): what int8 costs in accuracy, where that can be measured offline;
 * :class:`~.serve.ServeRunner` (``serve``): the HTTP service under concurrent clients, latency p50 / p99 and throughput,
-  for each way of sharing the cores between worker processes, concurrent calls and runtime threads.
+  for each way of sharing the cores between worker processes, concurrent calls and runtime threads;
+* :class:`~.load.LoadRunner` (``serve-load``): the HTTP service under 1 to 64 clients per backend, without and with
+  batching across requests, against LitServe serving the same model.
 
 Timed calls alternate between everything measured (A B C A B C ...) so that the machine's noise hits all alike;
 the figure is the median. The peak is the best matrix-product rate (``torch.mm``) of a few shapes, per dtype,
@@ -25,10 +27,12 @@ from .concurrency import ConcurrencyRunner
 from .eager import EagerRunner
 from .inference import InferenceRunner
 from .int8 import int8_accuracy
+from .load import LoadRunner
 from .report import Report, markdown, write_report
 from .serve import ServeRunner
 
 __all__ = ['RUNNERS', 'Report', 'int8_accuracy', 'markdown', 'write_report']
 
 #: the runners by the name ``timm-sknet bench <name>`` takes
-RUNNERS = {r.name: r for r in (InferenceRunner, EagerRunner, BackboneRunner, ConcurrencyRunner, ServeRunner)}
+RUNNERS = {r.name: r for r in (InferenceRunner, EagerRunner, BackboneRunner, ConcurrencyRunner, ServeRunner,
+                                    LoadRunner)}

@@ -18,7 +18,7 @@ import torch
 from .report import Report
 from .timing import describe_machine
 
-__all__ = ['Load', 'ServeRunner', 'load_clients', 'serving_process']
+__all__ = ['Load', 'ServeRunner', 'jpeg', 'load_clients', 'serving_process']
 
 
 @contextlib.contextmanager
@@ -72,6 +72,17 @@ def serving_process(arguments: Sequence[str], env: Optional[Dict[str, str]] = No
         raise RuntimeError(f'timm-sknet serve ended with status {proc.returncode}')
 
 
+def jpeg() -> bytes:
+    """The benchmarks' request: a 640x480 JPEG of a sample image (so decoding and resizing count)."""
+    from PIL import Image
+
+    from ..data.images import SAMPLES_DIR
+    out = io.BytesIO()
+    with Image.open(sorted(SAMPLES_DIR.glob('*.png'))[0]) as image:
+        image.convert('RGB').resize((640, 480)).save(out, 'JPEG', quality=90)
+    return out.getvalue()
+
+
 @dataclass
 class Load:
     """What clients saw: per request its latency (s) and HTTP status, and the wall time (s) they took together."""
@@ -84,28 +95,37 @@ class Load:
         return self
 
     def summary(self) -> Dict[str, Any]:
-        """requests, failed (not 200), p50 / p99 latency in ms, and requests per second."""
+        """requests, failed (not 200), of them refused (503: full) and errors (anything else: 0 for a connection
+        that failed), p50 / p99 latency in ms, and requests per second."""
         ms = sorted(1000 * t for t, _ in self.timings)
+        statuses = [status for _, status in self.timings]
         return dict(requests=len(ms), failed=sum(status != 200 for _, status in self.timings),
+                    refused=statuses.count(503), errors=sum(status not in (200, 503) for status in statuses),
                     p50_ms=statistics.median(ms), p99_ms=ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))],
                     requests_per_s=len(ms) / self.seconds)
 
 
-def load_clients(url: str, image: bytes, clients: int, requests: int) -> Load:
+def load_clients(url: str, image: bytes, clients: int, requests: int = 0, seconds: float = 0) -> Load:
     """``clients`` threads, each with its own connection, post ``image`` to ``url``/predict, each sending its next
-    request on the answer to its last, until ``requests`` were answered."""
+    request on the answer to its last, until ``requests`` were answered, or else until ``seconds`` have passed
+    (then every client sends at least one; status 0: the connection failed)."""
     import httpx2
+    deadline = time.perf_counter() + seconds
 
     def client(n: int) -> List[Tuple[float, int]]:
-        timings = []
+        timings: List[Tuple[float, int]] = []
         with httpx2.Client(timeout=300) as http:
-            for _ in range(n):
+            while len(timings) < n if requests else not timings or time.perf_counter() < deadline:
                 start = time.perf_counter()
-                status = http.post(f'{url}/predict', files={'file': ('image.jpg', image, 'image/jpeg')}).status_code
+                try:
+                    status = http.post(f'{url}/predict',
+                                       files={'file': ('image.jpg', image, 'image/jpeg')}).status_code
+                except httpx2.TransportError:
+                    status = 0
                 timings.append((time.perf_counter() - start, status))
         return timings
 
-    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)] if requests else [0] * clients
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         timings = [t for part in pool.map(client, shares) for t in part]
@@ -134,21 +154,12 @@ class ServeRunner:
         self.clients, self.requests, self.rounds = tuple(clients), requests, rounds
         self.setups, self.env, self.log = list(setups or default), env, log
 
-    def _image(self) -> bytes:
-        from PIL import Image
-
-        from ..data.images import SAMPLES_DIR
-        out = io.BytesIO()
-        with Image.open(sorted(SAMPLES_DIR.glob('*.png'))[0]) as image:
-            image.convert('RGB').resize((640, 480)).save(out, 'JPEG', quality=90)
-        return out.getvalue()
-
     def _arguments(self, workers: int, concurrency: int, threads: int) -> List[str]:
         return ['--model', self.model, '--backend', self.backend, '--img-size', str(self.image_size),
                 '--workers', str(workers), '--concurrency', str(concurrency), '--threads', str(threads)]
 
     def run(self) -> Report:
-        image, rows, load_before = self._image(), [], os.getloadavg()[0]
+        image, rows, load_before = jpeg(), [], os.getloadavg()[0]
         names = [f'{w} worker(s) x {c} call(s) x {t} thread(s)' for w, c, t in self.setups]
         with contextlib.ExitStack() as stack:
             urls = [stack.enter_context(serving_process(self._arguments(*setup), self.env)) for setup in self.setups]

@@ -16,6 +16,10 @@ def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.what == 'serve':
         return dict(our_model=args.model or 'sknet50', backend='eager' if args.backend == 'all' else args.backend,
                     image_size=args.image_size, quick=args.quick)
+    if args.what == 'serve-load':
+        backends = {} if args.backend == 'all' else {'backends': (args.backend,)}
+        return dict(our_model=args.model or 'sknet50', image_size=args.image_size, quick=args.quick, **backends,
+                    **({'seconds': args.seconds} if args.seconds else {}))
     options: Dict[str, Any] = dict(runs=args.runs, device=args.device, quick=args.quick, image_size=args.image_size)
     options.update({k: v for k, v in (('our_model', args.model), ('timm_model', args.timm_model)) if v})
     if args.what in ('inference', 'concurrency'):
@@ -53,12 +57,14 @@ def add_parser(sub: SubParsers) -> None:
     from ..inference import BACKENDS, PRECISIONS
     p = sub.add_parser('bench', help='speed against timm\'s own SK models with the same weights (see benchmarks/)')
     p.add_argument('what', nargs='?', default='inference',
-                   choices=('inference', 'eager', 'backbone', 'concurrency', 'int8-accuracy', 'serve'),
+                   choices=('inference', 'eager', 'backbone', 'concurrency', 'int8-accuracy', 'serve', 'serve-load'),
                    help='inference: every backend and precision of optimize, vs timm run the same ways; '
                         'eager: eager inference and training steps with peak memory; backbone: features_only at '
                         '640 px as detectors run it; concurrency: one optimized model called from 1, 2 and 4 '
                         'threads at once, per backend; int8-accuracy: int8 against fp32; serve: the HTTP service '
-                        'under 1, 2 and 4 clients (--backend: default eager)')
+                        'under 1, 2 and 4 clients (--backend: default eager); serve-load: the service under 1, 4, '
+                        '16 and 64 clients per backend, without and with batching, against LitServe (installed '
+                        'from benchmarks/requirements.txt)')
     p.add_argument('--quick', action='store_true', help='smoke test in seconds: proves it runs, measures nothing')
     p.add_argument('--model', default=None, help='our model (default: sknet50; sknet18 with --quick)')
     p.add_argument('--timm-model', default=None,
@@ -72,6 +78,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--device', default='cpu', help='cpu or cuda')
     p.add_argument('--runs', type=int, default=9, help='timed runs of everything, alternating (median reported)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    p.add_argument('--seconds', type=float, default=None,
+                   help='serve-load: seconds of load per row; each client sends at least one request (default: 10)')
     p.add_argument('--image-size', type=int, default=None, help='default: 224; backbone: 640')
     p.add_argument('--no-memory', action='store_true', help='eager, backbone: skip the peak-memory runs')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')

@@ -11,9 +11,11 @@ from ..data.labels import class_names
 from .arguments import (
     CLIError,
     SubParsers,
+    add_device_arg,
     add_model_args,
     add_runtime_args,
     check_model_name,
+    checked_device,
     data_config,
     load_model,
     optimized,
@@ -37,7 +39,7 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     args = argparse.Namespace(**options)
     torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
     args.pretrained = use_published_weights(args)
-    model = load_model(args.model, args.pretrained, args.checkpoint)
+    model = load_model(args.model, args.pretrained, args.checkpoint).to(getattr(args, 'device', 'cpu'))
     warn_random(args)
     config = data_config(model, args.img_size)
     fast = optimized(model, args, config['input_size'])
@@ -45,7 +47,7 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     return create_app(fast, transform=create_transform(**config), labels=class_names(model), topk=args.topk,
                       concurrency=args.concurrency, max_queue=args.max_queue, embedder=model,
                       max_upload_bytes=args.max_upload_mb * 2 ** 20, max_pixels=args.max_pixels,
-                      decode_size=decode_size(config))
+                      decode_size=decode_size(config), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
 def serve_app_from_environment() -> 'FastAPI':
@@ -70,11 +72,12 @@ def _check(args: argparse.Namespace) -> None:
     if server.missing_packages():
         raise CLIError(f'serve needs {", ".join(server.missing_packages())}: pip install "timm-sknet[serve]"')
     for flag in ('workers', 'concurrency', 'topk', 'max_upload_mb', 'max_pixels', 'worker_timeout',
-                 'graceful_timeout'):
+                 'graceful_timeout', 'max_batch'):
         if getattr(args, flag) < 1:
             raise CLIError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
-    if args.max_queue < 0:
-        raise CLIError(f'--max-queue must be >= 0, got {args.max_queue}')
+    for flag in ('max_queue', 'max_wait_ms'):
+        if getattr(args, flag) < 0:
+            raise CLIError(f'--{flag.replace("_", "-")} must be >= 0, got {getattr(args, flag)}')
     check_model_name(args.model)
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint} (check the path)')
@@ -95,6 +98,7 @@ def _options(args: argparse.Namespace) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ..serving import server
     _check(args)
+    args.device = checked_device(args)  # a missing GPU is refused here, before any worker starts
     try:
         server.check_port(args.host, args.port)  # before any model is built
     except OSError as e:
@@ -135,13 +139,20 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: SubParsers) -> None:
-    from ..serving.app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_UPLOAD_BYTES
+    from ..serving.app import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_QUEUE,
+        DEFAULT_MAX_UPLOAD_BYTES,
+        DEFAULT_MAX_WAIT_MS,
+    )
     p = sub.add_parser('serve', help='an HTTP service: POST an image to /predict, get its top-5 classes as JSON '
                                      '(docs/serving.md)')
     add_model_args(p, published_by_default=True)
     p.add_argument('--img-size', type=int, default=None, help="input size (default: the model's pretrained_cfg)")
     p.add_argument('--topk', type=int, default=5, help='classes per answer without ?topk= (default: 5)')
     add_runtime_args(p, default_backend='auto')
+    add_device_arg(p)
     p.add_argument('--host', default='127.0.0.1', help='address to listen on: the default answers this machine only, '
                                                        '0.0.0.0 every interface')
     p.add_argument('--port', type=int, default=8000, help='default: 8000; 0 picks a free one (printed)')
@@ -149,6 +160,12 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--concurrency', type=int, default=1, help='model calls at once per process (default: 1)')
     p.add_argument('--max-queue', type=int, default=DEFAULT_MAX_QUEUE,
                    help='requests per process that may wait for a model call; past them 503 (default: %(default)s)')
+    p.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH, metavar='N',
+                   help='run the images of up to N waiting requests as one batch; 1: each alone (default: '
+                        '%(default)s, measured in docs/serving.md)')
+    p.add_argument('--max-wait-ms', type=float, default=DEFAULT_MAX_WAIT_MS, metavar='MS',
+                   help='with --max-batch > 1, the longest a request waits for others to join its batch '
+                        '(default: %(default)s)')
     p.add_argument('--threads', type=int, default=None,
                    help="runtime threads of each model call (default: the machine's cores / (workers x concurrency))")
     p.add_argument('--max-upload-mb', type=int, default=DEFAULT_MAX_UPLOAD_BYTES // 2 ** 20,

@@ -3,7 +3,8 @@
 Measured here (tests/test_optimize_concurrency.py): in a child forked after the parent ran an OpenVINO or an
 inductor model, calling that model hangs, and so does building a new one of the same runtime in the child
 (OpenVINO's thread pool, and the thread pool behind inductor's prepacked CPU kernels, are not rebuilt after
-fork). onnxruntime and eager models run in such a child. DataLoader workers, ``multiprocessing``'s default start
+fork). onnxruntime and eager models run in such a child, on the one torch thread that ``import timm_sknet`` sets
+in every forked child (:mod:`timm_sknet.after_fork`: on several, torch's own pool hangs). DataLoader workers, ``multiprocessing``'s default start
 method on Linux and gunicorn's ``--preload`` all fork, so the refusal names what works instead.
 """
 import os
@@ -46,4 +47,4 @@ def refuse_in_forked_child(backend: str) -> None:
         "Build the model in a process that did not inherit it: a 'spawn' or 'forkserver' worker (an OptimizedModel "
         "pickled there is rebuilt on loading, e.g. DataLoader(..., multiprocessing_context='spawn')), or a server "
         'worker that calls optimize() after it starts (gunicorn without --preload). '
-        "backend='onnxruntime' and backend='eager' models run after fork().")
+        "backend='onnxruntime' and backend='eager' models run after fork(), on one torch thread.")

@@ -24,6 +24,7 @@ from torch import nn
 from ..data.images import ImageError, read_image
 from ..data.images import decode_size as size_to_decode  # create_app's argument has the name
 from ..data.labels import class_names, wordnet_ids
+from .batching import Batcher
 from .metrics import Metrics
 from .schema import Embedding, Health, Predictions, Problem, Readiness
 from .upload import FIELD, UPLOAD_BODY, read_upload
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # the extra `serve` and PIL are imported where they are used
     import fastapi
     import starlette.requests
 
-__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_QUEUE', 'DEFAULT_MAX_UPLOAD_BYTES', 'FIELD', 'create_app']
+__all__ = ['DEFAULT_MAX_PIXELS', 'DEFAULT_MAX_QUEUE', 'DEFAULT_MAX_BATCH', 'DEFAULT_MAX_WAIT_MS', 'DEFAULT_MAX_UPLOAD_BYTES', 'FIELD', 'create_app']
 
 #: the largest upload read (bytes); a camera JPEG is 2-10 MB
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
@@ -40,6 +41,12 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 2 ** 20
 DEFAULT_MAX_PIXELS = 50_000_000
 #: requests that may wait for a model call; past them, 503 (16 x sknet50's ~60 ms on 2 cores: about a second)
 DEFAULT_MAX_QUEUE = 16
+#: images per model call that ``timm-sknet serve`` gathers from waiting requests: it gained at 16 and 64 clients on
+#: every backend measured (benchmarks/results/serve_load.md, docs/serving.md "Under load"). ``create_app``'s own
+#: default is 1, since a model of your own may not take batches
+DEFAULT_MAX_BATCH = 8
+#: with batching on, the longest a request waits for others to join its batch (ms)
+DEFAULT_MAX_WAIT_MS = 5
 #: seconds a refused client is told to wait
 RETRY_AFTER = 1
 ROUTES = ('/predict', '/embed', '/health', '/ready', '/metrics')
@@ -70,7 +77,8 @@ def _embedder(model: nn.Module, embedder: Optional[nn.Module]) -> Optional[Calla
     head: Optional[Callable] = getattr(source, 'forward_head', None)
     if features is None or head is None:
         return None  # an optimize() result computes the logits only
-    return lambda x: head(features(x), pre_logits=True)
+    device = next(source.parameters()).device  # images arrive on the CPU; the model may be on a GPU
+    return lambda x: head(features(x.to(device, non_blocking=True)), pre_logits=True)
 
 
 class Admission:
@@ -109,18 +117,23 @@ class Admission:
         self.metrics.queue.set(self.admitted - self.running)
 
     async def call(self, function: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-        """``function(x)`` in a worker thread once a model slot is free; the time it takes is measured."""
+        """``function(x)`` once a model slot is free."""
+        async with self.model_slots:
+            return await self.run(function, x, 1)
+
+    async def run(self, function: Callable[[torch.Tensor], Any], x: torch.Tensor, images: int) -> Any:
+        """``function(x)`` in a worker thread, on a model slot the caller holds; time and batch size measured."""
         import anyio
 
         def timed() -> Any:
             with torch.inference_mode(), self.metrics.model.time():
                 return function(x)
-        async with self.model_slots:
-            self._count(running=1)
-            try:
-                return await anyio.to_thread.run_sync(timed)
-            finally:
-                self._count(running=-1)
+        self._count(running=images)
+        self.metrics.batch.observe(images)
+        try:
+            return await anyio.to_thread.run_sync(timed)
+        finally:
+            self._count(running=-images)
 
 
 def drain_on_signals(admission: Admission) -> None:
@@ -168,10 +181,17 @@ class Service:
 
     def __init__(self, model: nn.Module, transform: Callable, labels: List[str], wordnet: Sequence[Optional[str]],
                  embed: Optional[Callable], admission: Admission, max_upload_bytes: int, max_pixels: int,
-                 decode_size: Optional[Tuple[int, int]]):
+                 decode_size: Optional[Tuple[int, int]], max_batch: int = 1, max_wait_ms: float = 0):
         self.model, self.transform, self.labels, self.wordnet, self.embed = model, transform, labels, wordnet, embed
         self.admission, self.max_upload_bytes, self.max_pixels = admission, max_upload_bytes, max_pixels
         self.decode_size = decode_size
+        self.batchers = {id(f): Batcher(f, admission.model_slots, admission.run, max_batch, max_wait_ms)
+                         for f in (model, embed) if f is not None and max_batch > 1}
+
+    async def call(self, function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``function(x)`` on a model slot: alone, or batched with other requests' images."""
+        batcher = self.batchers.get(id(function))
+        return await (batcher(x) if batcher is not None else self.admission.call(function, x))
 
     def preprocess(self, data: bytes) -> torch.Tensor:
         from fastapi import HTTPException
@@ -203,6 +223,8 @@ class Service:
         self.admission.warm = True
         yield
         self.admission.draining = True
+        for batcher in self.batchers.values():
+            batcher.close()
 
 
 REFUSALS: Dict[Union[int, str], Dict[str, Any]] = {
@@ -221,7 +243,7 @@ def _model_routes(app: 'fastapi.FastAPI', service: Service, topk: int) -> None:
         """Top classes of the image sent as the multipart field ``file`` or as the raw body."""
         async with service.admission.entry():
             x = await service.image(request)
-            probs = (await service.admission.call(service.model, x)).float().softmax(-1)[0]
+            probs = (await service.call(service.model, x)).float().softmax(-1)[0]
         values, indices = probs.topk(topk)
         return {'predictions': [dict(index=i, wordnet_id=service.wordnet[i], label=service.labels[i], probability=p)
                                 for p, i in zip(values.tolist(), indices.tolist())]}
@@ -234,7 +256,7 @@ def _model_routes(app: 'fastapi.FastAPI', service: Service, topk: int) -> None:
             raise HTTPException(501, f'{type(service.model).__name__} gives logits only; create the app with '
                                      'embedder=<the timm model it was built from> to serve /embed')
         async with service.admission.entry():
-            vector = (await service.admission.call(service.embed, await service.image(request))).float()[0]
+            vector = (await service.call(service.embed, await service.image(request))).float()[0]
         return {'embedding': vector.tolist(), 'dim': vector.numel()}
 
 
@@ -266,7 +288,8 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
                topk: int = 5, concurrency: int = 1, max_queue: int = DEFAULT_MAX_QUEUE,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                embedder: Optional[nn.Module] = None, wordnet: Optional[Sequence[Optional[str]]] = None,
-               decode_size: Optional[Tuple[int, int]] = None) -> 'fastapi.FastAPI':
+               decode_size: Optional[Tuple[int, int]] = None, max_batch: int = 1,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> 'fastapi.FastAPI':
     """A FastAPI app that classifies uploaded images with ``model`` (eval mode; plain or from ``optimize``).
 
     Args:
@@ -284,10 +307,14 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
         decode_size: (width, height) a JPEG upload is decoded to at least, at the smallest DCT scale that covers it
             (:func:`timm_sknet.data.images.decode_size` of the transform's data config); default: that of the
             model's own eval transform where ``transform`` is not given, else None (decoded in full).
+        max_batch: images of waiting requests run as one batch, at most this many (1: each request alone);
+            ``model`` and ``embedder`` must take batches.
+        max_wait_ms: with ``max_batch`` > 1, the longest a request waits for others to join its batch.
     """
     from fastapi import FastAPI
 
-    for name, value, least in (('concurrency', concurrency, 1), ('topk', topk, 1), ('max_queue', max_queue, 0)):
+    for name, value, least in (('concurrency', concurrency, 1), ('topk', topk, 1), ('max_queue', max_queue, 0),
+                               ('max_batch', max_batch, 1), ('max_wait_ms', max_wait_ms, 0)):
         if value < least:
             raise ValueError(f'{name} must be >= {least}, got {value}')
     if transform is None and decode_size is None and getattr(model, 'pretrained_cfg', None) is not None:
@@ -298,7 +325,8 @@ def create_app(model: nn.Module, *, transform: Optional[Callable] = None, labels
         wordnet = wordnet_ids(embedder if embedder is not None else model) or [None] * len(labels)
     metrics = Metrics()
     service = Service(model, transform, labels, wordnet, _embedder(model, embedder),
-                      Admission(concurrency, max_queue, metrics), max_upload_bytes, max_pixels, decode_size)
+                      Admission(concurrency, max_queue, metrics), max_upload_bytes, max_pixels, decode_size,
+                      max_batch, max_wait_ms)
     app = FastAPI(title='timm-sknet classifier', description=__doc__.split('\n\n')[1], lifespan=service.lifespan)
     _observe(app, metrics)
     _model_routes(app, service, topk)

@@ -12,6 +12,8 @@ __all__ = ['Metrics']
 
 #: the request latency buckets (s): a small model's answer in milliseconds to a queue's wait of seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: the batch size buckets (images per model call)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Metrics:
@@ -24,8 +26,10 @@ class Metrics:
                                 ['route', 'status'], registry=self.registry)
         self.latency = Histogram('timm_sknet_request_seconds', 'time from request to answer, by route', ['route'],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.model = Histogram('timm_sknet_model_seconds', 'time of one model call (one image)',
+        self.model = Histogram('timm_sknet_model_seconds', 'time of one model call (one image, or one batch)',
                                buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch = Histogram('timm_sknet_batch_size', 'images per model call', buckets=BATCH_BUCKETS,
+                               registry=self.registry)
         self.queue = Gauge('timm_sknet_queue_depth', 'requests admitted that do not hold a model slot yet '
                            '(reading, decoding or waiting)', registry=self.registry, multiprocess_mode='livesum')
         self.rejected = Counter('timm_sknet_rejected', 'requests refused with 503, by reason', ['reason'],
