@@ -21,9 +21,11 @@ SIZES = ((97, 131), (320, 320), (64, 64))
 
 
 def _backends():
-    return [pytest.param(b, marks=[pytest.mark.skip(reason=f'{b} not installed')]
-                         if b in ('onnxruntime', 'openvino') and importlib.util.find_spec(b) is None else [])
-            for b in BACKENDS]
+    def marks(backend):
+        if backend in ('onnxruntime', 'openvino') and importlib.util.find_spec(backend) is None:
+            return [pytest.mark.skip(reason=f'{backend} not installed')]
+        return [pytest.mark.slow] if backend == 'inductor' else []  # a compile per build: a minute or more
+    return [pytest.param(b, marks=marks(b)) for b in BACKENDS]
 
 
 @pytest.fixture(scope='module')
