@@ -21,6 +21,7 @@ class BackboneRunner(BenchmarkRunner):
 
     def __init__(self, *args: Any, batch_sizes: Sequence[int] = (1, 2), memory: bool = True,
                  optimize_backends: Sequence[str] = (), **kwargs: Any):
+        """``optimize_backends``: measure ``optimize(dynamic_size=True)`` on these instead of the eager tables."""
         super().__init__(*args, features_only=True, **kwargs)
         self.batch_sizes, self.memory = (1,) if self.quick else tuple(batch_sizes), memory
         self.optimize_backends = tuple(optimize_backends)
@@ -78,14 +79,20 @@ class BackboneRunner(BenchmarkRunner):
                  f'{first:.0f} ms')
         return row
 
+    def _dynamic_report(self) -> Report:
+        machine = self.machine()
+        machine['load_average'] = [round(v, 2) for v in os.getloadavg()]  # on a shared machine, its load
+        rows = [self._dynamic_size(b) for b in self.optimize_backends]
+        machine['load_average_after'] = [round(v, 2) for v in os.getloadavg()]
+        title = (f'optimize() of {self.our_name} features_only built for {self.image_size} px against built for any '
+                 f'size (dynamic_size=True), batch 1, fp32, median of {self.runs} alternating runs')
+        return Report(title, machine, {'per backend (build in s, calls in ms)': rows})
+
     def run(self) -> Report:
+        if self.optimize_backends:
+            return self._dynamic_report()
         machine = self.machine()
         tables = {'inference': [self._case(b, cl) for cl in (False, True) for b in self.batch_sizes]}
         if self.memory:
             tables['training step memory'] = self._training_memory()
-        if self.optimize_backends:
-            machine['load_average'] = [round(v, 2) for v in os.getloadavg()]  # the machine is shared: its load
-            tables['optimize, built for any size (dynamic_size) vs this size, batch 1, fp32'] = [
-                self._dynamic_size(b) for b in self.optimize_backends]
-            machine['load_average_after'] = [round(v, 2) for v in os.getloadavg()]
         return Report(self.title('Detection backbone (features_only), eager'), machine, tables)

@@ -77,7 +77,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--image-size', type=int, default=None, help='default: 224; backbone: 640')
     p.add_argument('--no-memory', action='store_true', help='eager, backbone: skip the peak-memory runs')
     p.add_argument('--dynamic-size', action='store_true',
-                   help='backbone: also optimize() built for the size vs for any size (dynamic_size=True), per '
-                        'backend (--backend; default all): speed at the size, a new size\'s first call')
+                   help='backbone: instead, optimize() built for the size vs for any size (dynamic_size=True), per '
+                        'backend (--backend; default all): build time, speed at the size, a new size\'s first call')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')
     p.set_defaults(func=run)
