@@ -158,3 +158,14 @@ def test_load_summary_is_numpys_median_and_nearest_rank_percentile():
     assert summary['p50_ms'] == pytest.approx(np.median(ms))
     assert summary['p99_ms'] == pytest.approx(np.percentile(ms, 99, method='nearest'))
     assert summary['requests_per_s'] == pytest.approx(159 / 40.0)
+
+
+def test_backbone_runner_measures_optimize_built_for_any_size_against_one_size():
+    from timm_sknet.bench.backbone import BackboneRunner
+    report = BackboneRunner(quick=True, optimize_backends=('eager', 'onnxruntime'), log=lambda _: None).run()
+    (rows,) = report.tables.values()
+    assert [r['backend'] for r in rows] == ['eager', 'onnxruntime']
+    for r in rows:
+        assert r['new_size'] == '53x101' and r['dynamic_x'] == pytest.approx(r['static_ms'] / r['dynamic_ms'])
+        assert min(r['static_ms'], r['dynamic_ms'], r['new_size_first_call_ms'], r['new_size_ms']) > 0
+    assert 'load average' in markdown(report)

@@ -1,7 +1,12 @@
-"""``backbone``: ``features_only`` at 640 px as detectors run it, fp32 and bf16 autocast, both memory layouts."""
+"""``backbone``: ``features_only`` at 640 px as detectors run it, fp32 and bf16 autocast, both memory layouts;
+and ``optimize`` built for that size against built for any size (``dynamic_size``), per backend."""
+import os
+import time
 from typing import Any, Dict, List, Sequence
 
-from ..inference import fuse_model, native_bf16
+import torch
+
+from ..inference import fuse_model, native_bf16, optimize
 from .eager import inference_step, laid_out, train_step
 from .report import Report
 from .timing import BenchmarkRunner, peak_memory_mb
@@ -14,9 +19,12 @@ class BackboneRunner(BenchmarkRunner):
     name = 'backbone'
     default_image_size = 640
 
-    def __init__(self, *args: Any, batch_sizes: Sequence[int] = (1, 2), memory: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, batch_sizes: Sequence[int] = (1, 2), memory: bool = True,
+                 optimize_backends: Sequence[str] = (), **kwargs: Any):
+        """``optimize_backends``: measure ``optimize(dynamic_size=True)`` on these instead of the eager tables."""
         super().__init__(*args, features_only=True, **kwargs)
         self.batch_sizes, self.memory = (1,) if self.quick else tuple(batch_sizes), memory
+        self.optimize_backends = tuple(optimize_backends)
 
     def _case(self, batch_size: int, channels_last: bool) -> Dict[str, Any]:
         x = self.batch(batch_size, channels_last)
@@ -46,7 +54,43 @@ class BackboneRunner(BenchmarkRunner):
             rows.append(dict(model=name, batch=x.shape[0], peak_mib=peak_memory_mb(train_step(model, x), self.device)))
         return rows
 
+    def _first_call_ms(self, model: Any, x: torch.Tensor) -> float:
+        start = time.perf_counter()
+        model(x)
+        return 1000 * (time.perf_counter() - start)
+
+    def _dynamic_size(self, backend: str) -> Dict[str, Any]:
+        """One backend, batch 1, fp32: built for the size vs for any size, at the size; then a new size's first
+        call (compilation or shape inference, if any) and its steady time, on the dynamic build."""
+        size, other = self.input_size, (3, self.image_size * 3 // 4 + 5, self.image_size + 37)
+        x, y = self.batch(1), torch.randn(1, *other, generator=torch.Generator().manual_seed(2)).to(self.device)
+        built, build_s = {}, {}
+        for dynamic in (False, True):
+            start = time.perf_counter()
+            built[dynamic] = optimize(self.ours, backend, input_size=size, dynamic_size=dynamic)
+            build_s[dynamic] = time.perf_counter() - start
+        first = self._first_call_ms(built[True], y)
+        ms = {k: 1000 * s for k, s in self.time({'static': lambda: built[False](x), 'dynamic': lambda: built[True](x),
+                                                 'new size': lambda: built[True](y)}).items()}
+        row = dict(backend=backend, static_build_s=build_s[False], dynamic_build_s=build_s[True],
+                   static_ms=ms['static'], dynamic_ms=ms['dynamic'], dynamic_x=ms['static'] / ms['dynamic'],
+                   new_size=f'{other[1]}x{other[2]}', new_size_first_call_ms=first, new_size_ms=ms['new size'])
+        self.log(f'  {backend}: dynamic x{row["dynamic_x"]:.2f} at {size[1]}px, first call at {row["new_size"]} '
+                 f'{first:.0f} ms')
+        return row
+
+    def _dynamic_report(self) -> Report:
+        machine = self.machine()
+        machine['load_average'] = [round(v, 2) for v in os.getloadavg()]  # on a shared machine, its load
+        rows = [self._dynamic_size(b) for b in self.optimize_backends]
+        machine['load_average_after'] = [round(v, 2) for v in os.getloadavg()]
+        title = (f'optimize() of {self.our_name} features_only built for {self.image_size} px against built for any '
+                 f'size (dynamic_size=True), batch 1, fp32, median of {self.runs} alternating runs')
+        return Report(title, machine, {'per backend (build in s, calls in ms)': rows})
+
     def run(self) -> Report:
+        if self.optimize_backends:
+            return self._dynamic_report()
         machine = self.machine()
         tables = {'inference': [self._case(b, cl) for cl in (False, True) for b in self.batch_sizes]}
         if self.memory:

@@ -30,7 +30,9 @@ def markdown(report: Report) -> str:
     m = report.machine
     lines = [report.title, '', f"Machine: {m['description']}; {m['threads']} threads; torch {m['torch']}, "
              f"timm {m['timm']}; peak (best GEMM, GFLOP/s): "
-             + (', '.join(f'{k} {v:.0f}' for k, v in m['peak_gflops'].items()) or 'not measured')]
+             + (', '.join(f'{k} {v:.0f}' for k, v in m['peak_gflops'].items()) or 'not measured')
+             + (f"; load average (1, 5, 15 min) {m['load_average']} before, {m['load_average_after']} after"
+                if 'load_average' in m else '')]
     for name, rows in report.tables.items():
         if not rows:
             continue

@@ -32,7 +32,9 @@ def _bench_options(args: argparse.Namespace) -> Dict[str, Any]:
     else:
         options.update(memory=not args.no_memory)
         if args.what == 'backbone':
-            options.update(batch_sizes=args.batch_sizes or (1, 2))
+            from ..inference import BACKENDS
+            options.update(batch_sizes=args.batch_sizes or (1, 2), optimize_backends=[
+                b for b in BACKENDS if args.backend in ('all', b)] if args.dynamic_size else [])
     return options
 
 
@@ -70,7 +72,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--timm-model', default=None,
                    help="timm's twin of --model (default: skresnext50_32x4d; skresnet18 with --quick)")
     p.add_argument('--backend', choices=('all', *BACKENDS), default='all',
-                   help='inference, concurrency: only this backend')
+                   help='inference, concurrency, backbone --dynamic-size: only this backend')
     p.add_argument('--precision', choices=('all', *PRECISIONS), default='all',
                    help='inference, concurrency: only this precision')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=None,
@@ -82,5 +84,8 @@ def add_parser(sub: SubParsers) -> None:
                    help='serve-load: seconds of load per row; each client sends at least one request (default: 10)')
     p.add_argument('--image-size', type=int, default=None, help='default: 224; backbone: 640')
     p.add_argument('--no-memory', action='store_true', help='eager, backbone: skip the peak-memory runs')
+    p.add_argument('--dynamic-size', action='store_true',
+                   help='backbone: instead, optimize() built for the size vs for any size (dynamic_size=True), per '
+                        'backend (--backend; default all): build time, speed at the size, a new size\'s first call')
     p.add_argument('--out', default=None, help='write OUT.json and OUT.md (path without extension)')
     p.set_defaults(func=run)

@@ -6,6 +6,9 @@ one; each backend prepares what suits it:
 
 * ``eager``: the model with every BatchNorm folded (``fuse_model``), channels_last.
 * ``inductor``: the same model exported (``torch.export``), then compiled by inductor with weight freezing.
+
+Each is built for one input size, or with ``dynamic_size`` for any height and width (ONNX with symbolic height
+and width, ``torch.export`` with them marked dynamic and inductor compiling for symbolic shapes).
 * ``onnxruntime``: the folded model exported to ONNX (``export_onnx``, checked), run by onnxruntime.
 * ``openvino``: the same ONNX file compiled by OpenVINO, with ``INFERENCE_PRECISION_HINT`` f32 or bf16;
   int8 after post-training quantization by NNCF on calibration batches.
@@ -20,9 +23,10 @@ a picklable ``(function, args)`` that builds the same runner in another process 
 OpenVINO IR; no runtime object crosses a process boundary).
 """
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,7 +36,7 @@ from ..layers import unfused_batchnorms
 from .export import export_onnx
 from .fuse import fuse_model
 from .openvino_runtime import OpenVINOInfer, PortableOVModel, core
-from .outputs import Outputs, as_list, output_names, restore
+from .outputs import Outputs, as_list, restore
 
 __all__ = ['BACKENDS', 'PRECISIONS', 'BackendUnavailable', 'Runner', 'build_runner', 'check_backend_precision']
 
@@ -105,8 +109,9 @@ def build_eager(model: nn.Module, precision: str, device: torch.device) -> Runne
 
 
 def inductor_runner(prepared: nn.Module, device: torch.device, dtype: torch.dtype, how: str,
-                    input_size: Tuple[int, ...]) -> Runner:
-    """``torch.export`` of the prepared model (batch size dynamic), compiled by inductor with weight freezing.
+                    input_size: Tuple[int, ...], dynamic_size: bool = False) -> Runner:
+    """``torch.export`` of the prepared model (batch size dynamic, and height and width with ``dynamic_size``),
+    compiled by inductor with weight freezing (with ``dynamic_size`` for symbolic shapes from the first call).
 
     Exported, every optimized model runs a graph module of its own, so dynamo's cache, which is kept per code
     object, holds this model's entries only (one per batch-size specialisation), however many models a process
@@ -117,18 +122,28 @@ def inductor_runner(prepared: nn.Module, device: torch.device, dtype: torch.dtyp
     inductor setting changes under other threads.
     """
     example = torch.randn(2, *input_size, device=device, dtype=dtype)
+    dims = (0, 2, 3) if dynamic_size else (0,)
     with torch.no_grad():
         program = torch.export.export(prepared, (example.contiguous(memory_format=torch.channels_last),),
-                                      dynamic_shapes=({0: torch.export.Dim.AUTO},))
-    compiled = torch.compile(program.module(), fullgraph=True, options={'freezing': True})
+                                      dynamic_shapes=({d: torch.export.Dim.AUTO for d in dims},))
+    compiled = torch.compile(program.module(), fullgraph=True, options={'freezing': True},
+                             dynamic=True if dynamic_size else None)
+    if dynamic_size:
+        # compiled now, at a height other than the width: dynamo's duck sizing ties two dims equal at the first
+        # call into one symbol, so a square first call would compile again at the first non-square size
+        with torch.inference_mode():
+            compiled(torch.randn(2, input_size[0], input_size[1], input_size[2] + 1, device=device, dtype=dtype)
+                     .contiguous(memory_format=torch.channels_last))
     return _torch_runner(compiled, device, dtype,  # type: ignore[arg-type]  # compiling a Module gives a Module
-                         f'torch.export + inductor (freezing), {how}',
-                         recipe=(inductor_runner, (prepared, device, dtype, how, tuple(input_size))))
+                         f'torch.export + inductor (freezing{", dynamic height and width" if dynamic_size else ""}), '
+                         f'{how}', recipe=(inductor_runner, (prepared, device, dtype, how, tuple(input_size),
+                                                            dynamic_size)))
 
 
-def build_inductor(model: nn.Module, precision: str, device: torch.device, input_size: Sequence[int]) -> Runner:
+def build_inductor(model: nn.Module, precision: str, device: torch.device, input_size: Sequence[int],
+                   dynamic_size: bool = False) -> Runner:
     prepared, how = _prepared(model, device, precision)
-    return inductor_runner(prepared, device, _DTYPES[precision], how, tuple(input_size))
+    return inductor_runner(prepared, device, _DTYPES[precision], how, tuple(input_size), dynamic_size)
 
 
 def _import(module: str, extra: str) -> Any:
@@ -138,23 +153,34 @@ def _import(module: str, extra: str) -> Any:
         raise BackendUnavailable(f'this backend needs {module}: pip install "timm-sknet[{extra}]"') from None
 
 
-def _export_to_onnx(model: nn.Module, folder: Path, input_size: Sequence[int],
-                    fold: bool = True) -> Tuple[Path, List[str]]:
+#: how a model's outputs are laid out: 'tensor', 'list', or a dict's keys (a feature pyramid's levels, in order)
+Layout = Union[str, Tuple[str, ...]]
+
+
+def _layout(out: Outputs) -> Layout:
+    return 'tensor' if isinstance(out, torch.Tensor) else tuple(out) if isinstance(out, dict) else 'list'
+
+
+def _export_to_onnx(model: nn.Module, folder: Path, input_size: Sequence[int], fold: bool = True,
+                    dynamic_size: bool = False) -> Tuple[Path, Layout]:
     source = (fuse_model(model) if fold else model).eval().cpu()
-    path = export_onnx(source, folder / 'model.onnx', input_size=input_size, batch_size=1)
+    path = export_onnx(source, folder / 'model.onnx', input_size=input_size, batch_size=1, dynamic_size=dynamic_size)
     with torch.inference_mode():
-        names = output_names(source(torch.zeros(1, *input_size)))
-    return path, names
+        layout = _layout(source(torch.zeros(1, *input_size)))
+    return path, layout
 
 
-def _numpy_runner(infer: Callable, like_single: bool, description: str, recipe: Recipe) -> Runner:
+def _numpy_runner(infer: Callable, layout: Layout, description: str, recipe: Recipe) -> Runner:
+    """Outputs as the torch model gives them: one tensor, a list, or a dict by the same keys."""
     def run(x: torch.Tensor) -> Outputs:
         outs = [torch.from_numpy(o) for o in infer(x.detach().float().cpu().numpy())]
-        return outs[0] if like_single else outs
+        if layout == 'tensor':
+            return outs[0]
+        return outs if layout == 'list' else OrderedDict(zip(layout, outs))
     return Runner(run, description, recipe=recipe)
 
 
-def onnxruntime_runner(onnx_model: bytes, single_output: bool) -> Runner:
+def onnxruntime_runner(onnx_model: bytes, layout: Layout) -> Runner:
     """An onnxruntime session of the ONNX file's bytes (``InferenceSession.run`` is safe to call from threads)."""
     ort = _import('onnxruntime', 'onnxruntime')
     options = ort.SessionOptions()
@@ -163,15 +189,16 @@ def onnxruntime_runner(onnx_model: bytes, single_output: bool) -> Runner:
 
     def infer(x: np.ndarray) -> List[np.ndarray]:
         return session.run(None, {'input': x})
-    return _numpy_runner(infer, single_output, f'onnxruntime {ort.__version__} CPU, fp32',
-                         recipe=(onnxruntime_runner, (onnx_model, single_output)))
+    return _numpy_runner(infer, layout, f'onnxruntime {ort.__version__} CPU, fp32',
+                         recipe=(onnxruntime_runner, (onnx_model, layout)))
 
 
-def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int]) -> Runner:
+def build_onnxruntime(model: nn.Module, precision: str, input_size: Sequence[int],
+                      dynamic_size: bool = False) -> Runner:
     _import('onnxruntime', 'onnxruntime')
     with tempfile.TemporaryDirectory() as tmp:
-        path, names = _export_to_onnx(model, Path(tmp), input_size)
-        return onnxruntime_runner(path.read_bytes(), names == ['output'])
+        path, layout = _export_to_onnx(model, Path(tmp), input_size, dynamic_size=dynamic_size)
+        return onnxruntime_runner(path.read_bytes(), layout)
 
 
 def _quantize_int8(ov_model: Any, calibration: Optional[Iterable[torch.Tensor]]) -> Any:
@@ -198,17 +225,20 @@ def _quantize_int8(ov_model: Any, calibration: Optional[Iterable[torch.Tensor]])
 
 
 def openvino_model(model: nn.Module, precision: str, input_size: Sequence[int],
-                   calibration: Optional[Iterable[torch.Tensor]] = None) -> Tuple[Any, List[str]]:
-    """``(ov.Model, output names)`` of ``model``: exported to ONNX, read by OpenVINO, int8-quantized if asked."""
+                   calibration: Optional[Iterable[torch.Tensor]] = None,
+                   dynamic_size: bool = False) -> Tuple[Any, Layout]:
+    """``(ov.Model, its outputs' layout)`` of ``model``: exported to ONNX (height and width symbolic with
+    ``dynamic_size``), read by OpenVINO, int8-quantized if asked."""
     _import('openvino', 'openvino')
     with tempfile.TemporaryDirectory() as tmp:
         # NNCF's int8 statistics expect the attention's 1x1 convs on (B, C, 1, 1) maps, as in the plain
         # model; OpenVINO folds the BatchNorms itself
-        path, names = _export_to_onnx(model, Path(tmp), input_size, fold=precision != 'int8')
+        path, layout = _export_to_onnx(model, Path(tmp), input_size, fold=precision != 'int8',
+                                      dynamic_size=dynamic_size)
         ov_model = core().read_model(str(path))
     if precision == 'int8':
         ov_model = _quantize_int8(ov_model, calibration)
-    return ov_model, names
+    return ov_model, layout
 
 
 def openvino_hint(precision: str) -> str:
@@ -218,39 +248,41 @@ def openvino_hint(precision: str) -> str:
     return 'bf16' if precision == 'bf16' or (precision == 'int8' and native_bf16()) else 'f32'
 
 
-def openvino_runner(ov_model: Any, precision: str, single_output: bool) -> Runner:
+def openvino_runner(ov_model: Any, precision: str, layout: Layout) -> Runner:
     """A :class:`Runner` for an OpenVINO model on this CPU (see :func:`openvino_hint` and ``OpenVINOInfer``)."""
     ov = _import('openvino', 'openvino')
     hint = openvino_hint(precision)
     weights = 'int8 weights and activations (NNCF), ' if precision == 'int8' else ''
-    return _numpy_runner(OpenVINOInfer(ov_model, hint), single_output,
+    return _numpy_runner(OpenVINOInfer(ov_model, hint), layout,
                          f'OpenVINO {ov.get_version().split("-")[0]} CPU, {weights}inference precision {hint}, '
                          f'batches > 1 as per-image requests on {torch.get_num_threads()} streams',
-                         recipe=(_portable_openvino_runner, (PortableOVModel(ov_model), precision, single_output)))
+                         recipe=(_portable_openvino_runner, (PortableOVModel(ov_model), precision, layout)))
 
 
-def _portable_openvino_runner(portable: PortableOVModel, precision: str, single_output: bool) -> Runner:
-    return openvino_runner(portable.model, precision, single_output)
+def _portable_openvino_runner(portable: PortableOVModel, precision: str, layout: Layout) -> Runner:
+    return openvino_runner(portable.model, precision, layout)
 
 
 def build_openvino(model: nn.Module, precision: str, input_size: Sequence[int],
-                   calibration: Optional[Iterable[torch.Tensor]] = None) -> Runner:
-    ov_model, names = openvino_model(model, precision, input_size, calibration)
-    return openvino_runner(ov_model, precision, names == ['output'])
+                   calibration: Optional[Iterable[torch.Tensor]] = None, dynamic_size: bool = False) -> Runner:
+    ov_model, layout = openvino_model(model, precision, input_size, calibration, dynamic_size)
+    return openvino_runner(ov_model, precision, layout)
 
 
 def build_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
-                 input_size: Sequence[int], calibration: Optional[Iterable[torch.Tensor]] = None) -> Runner:
-    """The :class:`Runner` of ``model`` on ``backend`` at ``precision`` (names as in :data:`BACKENDS`)."""
+                 input_size: Sequence[int], calibration: Optional[Iterable[torch.Tensor]] = None,
+                 dynamic_size: bool = False) -> Runner:
+    """The :class:`Runner` of ``model`` on ``backend`` at ``precision`` (names as in :data:`BACKENDS`), for
+    ``input_size`` or, with ``dynamic_size``, any height and width."""
     check_backend_precision(backend, precision)
     if backend in ('onnxruntime', 'openvino') and device.type != 'cpu':
         raise BackendUnavailable(f"backend={backend!r} runs on the CPU here; use backend='inductor' on {device.type}")
     if backend == 'eager':
         return build_eager(model, precision, device)
     if backend == 'inductor':
-        return build_inductor(model, precision, device, input_size)
+        return build_inductor(model, precision, device, input_size, dynamic_size)
     if backend == 'onnxruntime':
-        return build_onnxruntime(model, precision, input_size)
+        return build_onnxruntime(model, precision, input_size, dynamic_size)
     if backend == 'openvino':
-        return build_openvino(model, precision, input_size, calibration)
+        return build_openvino(model, precision, input_size, calibration, dynamic_size)
     raise ValueError(f'backend must be one of {", ".join(BACKENDS)} or auto, got {backend!r}')

@@ -34,10 +34,10 @@ def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: s
     """Write ``out_dir/model.xml`` and ``model.bin``; raise (writing nothing) if they do not match ``model``."""
     import openvino as ov
     size = resolve_input_size(model, input_size)
-    ov_model, names = openvino_model(model.eval(), precision, size, calibration)
+    ov_model, layout = openvino_model(model.eval(), precision, size, calibration)
     with atomic_folder(out_dir) as tmp:
         ov.save_model(ov_model, str(tmp / 'model.xml'), compress_to_fp16=False)
-        runner = openvino_runner(core().read_model(str(tmp / 'model.xml')), precision, names == ['output'])
+        runner = openvino_runner(core().read_model(str(tmp / 'model.xml')), precision, layout)
         saved = OptimizedModel(runner, 'openvino', precision, size, 'the saved IR')
         x = torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
         try:

@@ -17,7 +17,7 @@ Sharing: an optimized model may be called from any number of threads at once; it
 ran its runtime, an OpenVINO or inductor model raises at once instead of hanging (:mod:`.forking`).
 """
 import logging
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -46,26 +46,40 @@ class OptimizedModel(nn.Module):
 
     Attributes:
         backend, precision: what runs it (``backend`` is never 'auto' here).
-        input_size: (C, H, W) it was built and checked for; exported backends accept only that size.
+        input_size: (C, H, W) it was built and checked for; it accepts only that size, unless built with
+            ``dynamic_size``: then any height and width (with C channels).
         description: the runtime and its settings, in words.
         reason: why this backend was chosen (``backend='auto'``) or that it was asked for.
         error: the verification error relative to the largest output of the plain model.
     """
 
-    def __init__(self, runner: Runner, backend: str, precision: str, input_size: Tuple[int, ...], reason: str):
+    def __init__(self, runner: Runner, backend: str, precision: str, input_size: Tuple[int, ...], reason: str,
+                 dynamic_size: bool = False):
         super().__init__()
         started(backend)
         self._runner = runner
         if runner.module is not None:
             self.module = runner.module
         self.backend, self.precision, self.input_size, self.reason = backend, precision, tuple(input_size), reason
-        self.description = runner.description
+        self.description, self.dynamic_size = runner.description, dynamic_size
         self.error: Optional[float] = None
 
+    def _check_shape(self, x: torch.Tensor) -> None:
+        """Refuse, before any runtime sees it, an input of another size than built for (each runtime fails its own
+        way there, inductor's least clearly), or of other channels."""
+        channels = self.input_size[0]
+        if self.dynamic_size:
+            if x.dim() != 4 or x.shape[1] != channels:
+                raise ValueError(f'this {self.backend} model takes inputs of shape (N, {channels}, H, W), '
+                                 f'got {tuple(x.shape)}')
+        elif tuple(x.shape[1:]) != self.input_size or x.dim() != 4:
+            raise ValueError(
+                f'this {self.backend} model was built for inputs of shape (N, {", ".join(map(str, self.input_size))}), '
+                f'got {tuple(x.shape)}; optimize again with input_size=(C, H, W) for that size, or with '
+                'dynamic_size=True for any height and width')
+
     def forward(self, x: torch.Tensor) -> Outputs:
-        if self.backend in ('onnxruntime', 'openvino') and tuple(x.shape[1:]) != self.input_size:
-            raise ValueError(f'this {self.backend} model was built for inputs of shape (N, {", ".join(map(str, self.input_size))}), '
-                             f'got {tuple(x.shape)}; optimize again with input_size=(C, H, W) for that size')
+        self._check_shape(x)
         refuse_in_forked_child(self.backend)
         return self._runner.run(x)
 
@@ -75,19 +89,20 @@ class OptimizedModel(nn.Module):
             raise TypeError(f'this OptimizedModel ({self.description}) has no recipe to rebuild it from, so it '
                             'cannot be pickled; call optimize() in each process instead')
         return _rebuild, (self._runner.recipe, self.backend, self.precision, self.input_size, self.reason,
-                          self.error)
+                          self.error, self.dynamic_size)
 
     def extra_repr(self) -> str:
         error = f', error {self.error:.2g}' if self.error is not None else ''
-        return f'backend={self.backend}, precision={self.precision}, input_size={self.input_size}{error}: {self.description}'
+        size = f'input_size={self.input_size}' + (', dynamic_size' if self.dynamic_size else '')
+        return f'backend={self.backend}, precision={self.precision}, {size}{error}: {self.description}'
 
 
 def _rebuild(recipe: Recipe, backend: str, precision: str, input_size: Tuple[int, ...], reason: str,
-             error: Optional[float]) -> OptimizedModel:
+             error: Optional[float], dynamic_size: bool = False) -> OptimizedModel:
     """Unpickling: the runtime built again from its recipe (it was verified when first optimized)."""
     refuse_in_forked_child(backend)
     build, args = recipe
-    optimized = OptimizedModel(build(*args), backend, precision, input_size, reason)
+    optimized = OptimizedModel(build(*args), backend, precision, input_size, reason, dynamic_size)
     optimized.error = error
     return optimized
 
@@ -155,13 +170,19 @@ def verify(optimized: OptimizedModel, model: nn.Module, x: torch.Tensor) -> floa
     return error
 
 
-def _verification_input(example_input: Optional[torch.Tensor], calibration: Optional[Sequence[torch.Tensor]],
-                        precision: str, input_size: Sequence[int]) -> torch.Tensor:
+def _verification_inputs(example_input: Optional[torch.Tensor], calibration: Optional[Sequence[torch.Tensor]],
+                         precision: str, input_size: Sequence[int], dynamic_size: bool) -> List[torch.Tensor]:
+    """The batch to verify on; with ``dynamic_size`` the same batch resized to an odd other size as well."""
     if example_input is not None:
-        return example_input
-    if precision == 'int8' and calibration:
-        return torch.cat(list(calibration))[:32]  # images like the ones it will see, not noise
-    return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+        x = example_input
+    elif precision == 'int8' and calibration:
+        x = torch.cat(list(calibration))[:32]  # images like the ones it will see, not noise
+    else:
+        x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    if not dynamic_size:
+        return [x]
+    other = (x.shape[2] + 33, x.shape[3] + 17)  # odd, and not a multiple of any stride
+    return [x, torch.nn.functional.interpolate(x, size=other, mode='bilinear', align_corners=False)]
 
 
 def optimize(
@@ -172,6 +193,7 @@ def optimize(
         input_size: Optional[Sequence[int]] = None,
         calibration: Optional[Iterable[torch.Tensor]] = None,
         example_input: Optional[torch.Tensor] = None,
+        dynamic_size: bool = False,
 ) -> OptimizedModel:
     """``model`` prepared for the fastest inference ``backend`` offers at ``precision``, checked against it.
 
@@ -183,6 +205,9 @@ def optimize(
         calibration: int8 only: batches of preprocessed images (what ``timm.data.create_transform`` makes),
             a few hundred images in all.
         example_input: a batch to verify on (default: random images; int8: the first calibration images).
+        dynamic_size: build for any height and width, as detectors need (ONNX with symbolic height and width,
+            inductor compiled for symbolic shapes), and verify at a second, odd size too. Without it the result
+            refuses every other size, with this advice.
 
     Raises:
         BackendUnavailable: the backend or precision cannot run here; the message says what to do.
@@ -200,9 +225,10 @@ def optimize(
     refuse_in_forked_child(backend)
     calibration = list(calibration) if calibration is not None else None
     model = model.eval()
-    runner = build_runner(model, backend, precision, device, size, calibration)
-    optimized = OptimizedModel(runner, backend, precision, size, reason)
-    optimized.error = verify(optimized, model, _verification_input(example_input, calibration, precision, size))
+    runner = build_runner(model, backend, precision, device, size, calibration, dynamic_size)
+    optimized = OptimizedModel(runner, backend, precision, size, reason, dynamic_size)
+    optimized.error = max(verify(optimized, model, x) for x in _verification_inputs(
+        example_input, calibration, precision, size, dynamic_size))
     _logger.info('optimize: %s at %s (%s); %s; verified error %.2g', backend, precision, reason,
                  runner.description, optimized.error)
     return optimized
