@@ -7,6 +7,9 @@ been checked), then records the file's sha256, size and commit. Nothing is copie
 the pins was computed here, from bytes that were downloaded here. ``HF_ENDPOINT`` points it at another Hub
 (the tests use a local one).
 
+It imports the installed timm_sknet: run it in the environment of ``source scripts/env.sh``, which links this
+checkout.
+
     python scripts/pin_weights.py              # download, print, write timm_sknet/hub/pins.py
     python scripts/pin_weights.py --dry-run    # download and print only
 """
@@ -92,5 +95,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, str(ROOT))  # this checkout's timm_sknet, whatever the environment links
     sys.exit(main())
