@@ -142,3 +142,17 @@ def test_cli_exports_a_backbone_for_any_size(tmp_path, capsys):
 def test_cli_refuses_out_indices_without_features_only(tmp_path, capsys):
     assert main(['export', 'onnx', str(tmp_path / 'm.onnx'), '--model', 'sknet_tiny', '--out-indices', '2']) == 2
     assert '--features-only' in capsys.readouterr().err
+
+
+def test_openvino_ir_exported_with_dynamic_size_runs_at_every_size(backbone, tmp_path):
+    ov = pytest.importorskip('openvino')
+    from timm_sknet.inference.openvino_ir import compile_config, export_openvino
+    folder = export_openvino(backbone, tmp_path / 'ir', input_size=(3, 64, 64), dynamic_size=True)
+    compiled = ov.Core().compile_model(str(folder / 'model.xml'), 'CPU', compile_config('fp32'))
+    for h, w in SIZES[:3]:
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            ref = list(backbone(x))
+        result = compiled(x.numpy())
+        out = [torch.from_numpy(result[o]) for o in compiled.outputs]
+        assert rel_err(out, ref) <= 1e-4, (h, w)

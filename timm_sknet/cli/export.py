@@ -26,7 +26,8 @@ def _export_file(model: nn.Module, args: argparse.Namespace, input_size: Optiona
     from ..inference.openvino_ir import export_openvino
     size = resolve_input_size(model, input_size)
     calibration = calibration_images(model, args, size)
-    return export_openvino(model, args.out, precision=args.precision, input_size=size, calibration=calibration)
+    return export_openvino(model, args.out, precision=args.precision, input_size=size, calibration=calibration,
+                           dynamic_size=args.dynamic_size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,9 +40,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f'{args.out} exists: pass --force to replace it, or choose another OUT')
     if args.out_indices and not args.features_only:
         raise CLIError('--out-indices chooses the feature maps of a --features-only backbone; add --features-only')
-    if args.dynamic_size and args.format == 'openvino':
-        raise CLIError('--dynamic-size is for onnx (TorchScript takes any size as it is); for OpenVINO, export onnx '
-                       'with --dynamic-size and read that file with ov.Core().read_model')
     features = dict(features_only=True, **({'out_indices': tuple(args.out_indices)} if args.out_indices else {})) \
         if args.features_only else {}
     model = load_model(args.model, args.pretrained, args.checkpoint, **features)
@@ -83,6 +81,7 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--out-indices', type=int, nargs='+', default=None, metavar='I',
                    help="with --features-only: which feature maps, 0 (stride 2) to 4 (stride 32) (default: timm's, all five)")
     p.add_argument('--dynamic-size', action='store_true',
-                   help='onnx: any input height and width, not only --img-size (checked at a second, odd size)')
+                   help='onnx and openvino: any input height and width, not only --img-size (checked at a second, odd size; '
+                        'TorchScript takes any size as it is)')
     add_runtime_args(p, default_backend=None)  # the format names the runtime
     p.set_defaults(func=run)

@@ -30,18 +30,26 @@ def compile_config(precision: str) -> Dict[str, str]:
 
 def export_openvino(model: nn.Module, out_dir: Union[str, Path], *, precision: str = 'fp32',
                     input_size: Optional[Sequence[int]] = None,
-                    calibration: Optional[Iterable[torch.Tensor]] = None) -> Path:
-    """Write ``out_dir/model.xml`` and ``model.bin``; raise (writing nothing) if they do not match ``model``."""
+                    calibration: Optional[Iterable[torch.Tensor]] = None, dynamic_size: bool = False) -> Path:
+    """Write ``out_dir/model.xml`` and ``model.bin``; raise (writing nothing) if they do not match ``model``.
+
+    With ``dynamic_size`` the IR takes any height and width (from an ONNX export with them symbolic), and it is
+    checked at ``input_size`` and at a second, odd size.
+    """
     import openvino as ov
     size = resolve_input_size(model, input_size)
-    ov_model, layout = openvino_model(model.eval(), precision, size, calibration)
+    ov_model, layout = openvino_model(model.eval(), precision, size, calibration, dynamic_size=dynamic_size)
+    g = torch.Generator().manual_seed(0)
+    checks = [torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=g)]
+    if dynamic_size:
+        checks.append(torch.randn(2, size[0], size[1] + 33, size[2] + 17, generator=g))
     with atomic_folder(out_dir) as tmp:
         ov.save_model(ov_model, str(tmp / 'model.xml'), compress_to_fp16=False)
         runner = openvino_runner(core().read_model(str(tmp / 'model.xml')), precision, layout)
-        saved = OptimizedModel(runner, 'openvino', precision, size, 'the saved IR')
-        x = torch.cat(list(calibration))[:8] if calibration else torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+        saved = OptimizedModel(runner, 'openvino', precision, size, 'the saved IR', dynamic_size=dynamic_size)
         try:
-            verify(saved, model, x)  # the same check, tolerances and int8 top-1 agreement as optimize()
+            for x in checks:  # the same check, tolerances and int8 top-1 agreement as optimize()
+                verify(saved, model, x)
         except OptimizationError as e:
             raise OptimizationError(f'the saved OpenVINO model: {e} Nothing was written to {out_dir}.') from None
     return Path(out_dir)
