@@ -35,11 +35,13 @@ def _serve_app(options: Dict[str, Any]) -> 'FastAPI':
     from timm.data import create_transform
 
     from ..data.images import decode_size
+    from ..inference import resolve_device
     from ..serving.app import create_app
     args = argparse.Namespace(**options)
     torch.set_num_threads(args.threads)  # before optimize: onnxruntime and OpenVINO take their thread count from it
     args.pretrained = use_published_weights(args)
-    model = load_model(args.model, args.pretrained, args.checkpoint).to(getattr(args, 'device', 'cpu'))
+    device = resolve_device(getattr(args, 'device', 'auto'))  # also for the gunicorn factory, which has no run()
+    model = load_model(args.model, args.pretrained, args.checkpoint).to(device)
     warn_random(args)
     config = data_config(model, args.img_size)
     fast = optimized(model, args, config['input_size'])
@@ -161,8 +163,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument('--max-queue', type=int, default=DEFAULT_MAX_QUEUE,
                    help='requests per process that may wait for a model call; past them 503 (default: %(default)s)')
     p.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH, metavar='N',
-                   help='run the images of up to N waiting requests as one batch; 1: each alone (default: '
-                        '%(default)s, measured in docs/serving.md)')
+                   help='run the images of up to N waiting requests as one batch, 1: each alone; the default was '
+                        'chosen by the measurement in docs/serving.md (default: %(default)s)')
     p.add_argument('--max-wait-ms', type=float, default=DEFAULT_MAX_WAIT_MS, metavar='MS',
                    help='with --max-batch > 1, the longest a request waits for others to join its batch '
                         '(default: %(default)s)')
